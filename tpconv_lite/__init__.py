@@ -1,0 +1,26 @@
+"""tpconv_lite: the code of the tpconv-lite book, from a benzene convolution to a diffusion score model.
+
+Only public names are re-exported here; each lives in a module that holds one idea.
+"""
+
+from tpconv_lite.data import Molecule, benzene
+from tpconv_lite.graph import knn_graph, radius_graph, scatter
+from tpconv_lite.irreps import irreps_to_rs, rs_to_irreps
+from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance, random_o3
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EquivarianceReport",
+    "Molecule",
+    "__version__",
+    "assert_equivariant",
+    "benzene",
+    "check_equivariance",
+    "irreps_to_rs",
+    "knn_graph",
+    "radius_graph",
+    "random_o3",
+    "rs_to_irreps",
+    "scatter",
+]

@@ -1,0 +1,275 @@
+"""Graphs on point clouds, and scatter reductions from edges to nodes.
+
+Edge convention (torch_cluster's ``flow="source_to_target"``): ``edge_index[0]`` holds the source ``j``
+(the neighbour), ``edge_index[1]`` the target ``i`` (the centre that receives the message).
+
+Every function takes ``backend``:
+
+- ``"auto"`` (default): ``torch_cluster`` / ``torch_scatter`` when importable, pure torch otherwise;
+- ``"torch"``: always pure torch (``cdist``, ``index_add_``, ``scatter_reduce_``);
+- ``"pyg"``: always the compiled packages (an ``ImportError`` if they are missing).
+
+The environment variable ``TPCONV_GRAPH_BACKEND`` (``torch`` or ``pyg``) replaces ``"auto"``, which lets a whole
+notebook or test run be switched without touching its code.
+
+Two differences from calling torch_cluster directly, both deliberate:
+
+- No silent neighbour cap. ``torch_cluster.radius_graph`` keeps at most 32 neighbours by default, and which 32
+  depends on memory order, not distance, so a symmetric molecule can get an asymmetric graph. Here
+  ``max_num_neighbors=None`` (the default) keeps every neighbour; an explicit cap keeps the nearest ones in the pure
+  backend (torch_cluster keeps the first ones found).
+- ``batch`` need not be sorted. torch_cluster assumes sorted batch vectors and silently returns wrong edges
+  otherwise; the wrapper sorts and maps the indices back.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+try:
+    import torch_cluster
+except (ImportError, OSError):  # OSError: a wheel built against another torch
+    torch_cluster = None
+try:
+    import torch_scatter
+except (ImportError, OSError):
+    torch_scatter = None
+
+Backend = Literal["auto", "torch", "pyg"]
+Reduce = Literal["sum", "mean", "max"]
+
+_CHUNK = 2048  # rows of the distance matrix computed at once by the pure backend (2048 x N floats)
+
+
+def _use_compiled(backend: str, module: object, name: str) -> bool:
+    """Resolve ``backend`` to True (compiled package) or False (pure torch)."""
+    if backend == "auto":
+        backend = os.environ.get("TPCONV_GRAPH_BACKEND", "auto")
+    if backend == "torch":
+        return False
+    if backend == "pyg":
+        if module is None:
+            raise ImportError(f"backend='pyg' needs {name}, which is not importable; use backend='torch' or install it")
+        return True
+    if backend == "auto":
+        return module is not None
+    raise ValueError(f"backend must be 'auto', 'torch' or 'pyg', got {backend!r}")
+
+
+def _check_points(pos: Tensor, batch: Tensor | None) -> Tensor:
+    """Validate ``pos`` (N, 3) and ``batch`` (N,); return ``batch`` (zeros when None)."""
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+        shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        raise ValueError(f"pos must be a tensor of shape (N, 3), got {shape}")
+    if not pos.is_floating_point():
+        raise TypeError(f"pos must be a floating point tensor, got {pos.dtype}")
+    if not torch.isfinite(pos).all():
+        raise ValueError("pos contains NaN or infinite coordinates")
+    if batch is None:
+        return torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    if batch.shape != (pos.shape[0],) or batch.dtype != torch.long:
+        raise ValueError(
+            f"batch must be a long tensor of shape ({pos.shape[0]},) to match pos, "
+            f"got {batch.dtype} of shape {tuple(batch.shape)}"
+        )
+    if batch.device != pos.device:
+        raise ValueError(f"batch is on {batch.device} but pos is on {pos.device}")
+    if batch.numel() and batch.min() < 0:
+        raise ValueError("batch must hold non-negative graph indices")
+    return batch
+
+
+def _sorted_call(fn, pos: Tensor, batch: Tensor) -> Tensor:
+    """Call a torch_cluster graph builder, which needs a sorted ``batch``, and map indices back."""
+    if batch.numel() < 2 or bool((batch[1:] >= batch[:-1]).all()):
+        return fn(pos, batch)
+    perm = torch.argsort(batch, stable=True)
+    return perm[fn(pos[perm], batch[perm])]
+
+
+def _pairs(pos: Tensor, batch: Tensor, loop: bool, keep) -> Tensor:
+    """Pure-torch edge finder: ``keep(dist, mask)`` picks edges from one chunk of targets.
+
+    ``dist`` is (C, N), distances from C targets to all N points, with ``inf`` for pairs in different graphs (and
+    on the diagonal when ``loop`` is False). ``keep`` returns a boolean (C, N) mask of the edges to keep.
+    """
+    n = pos.shape[0]
+    sources, targets = [], []
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        dist = torch.cdist(pos[start:stop], pos)
+        other_graph = batch[start:stop, None] != batch[None, :]
+        dist = dist.masked_fill(other_graph, float("inf"))
+        if not loop:
+            rows = torch.arange(stop - start, device=pos.device)
+            dist[rows, rows + start] = float("inf")
+        target, source = keep(dist).nonzero(as_tuple=True)
+        sources.append(source)
+        targets.append(target + start)
+    if not sources:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+    return torch.stack([torch.cat(sources), torch.cat(targets)])
+
+
+def radius_graph(
+    pos: Tensor,
+    r: float,
+    batch: Tensor | None = None,
+    loop: bool = False,
+    max_num_neighbors: int | None = None,
+    *,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Edges between points closer than ``r`` (strictly), within the same graph of ``batch``.
+
+    Args:
+        pos: (N, 3) positions.
+        r: cutoff radius, > 0.
+        batch: (N,) long graph index of each point, or None for a single graph. Need not be sorted.
+        loop: include self-edges ``i -> i``.
+        max_num_neighbors: keep at most this many sources per target (the nearest, in the pure backend);
+            None keeps all.
+        backend: ``"auto"``, ``"torch"`` or ``"pyg"`` (see the module docstring).
+
+    Returns:
+        (2, E) long ``edge_index``: row 0 sources ``j``, row 1 targets ``i``, with ``|pos[j] - pos[i]| < r``.
+
+    Example:
+        >>> pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [5.0, 0, 0]])
+        >>> radius_graph(pos, 1.5, backend="torch")
+        tensor([[1, 0],
+                [0, 1]])
+    """
+    batch = _check_points(pos, batch)
+    if not (float(r) > 0 and float(r) < float("inf")):
+        raise ValueError(f"r must be a positive finite radius, got {r}")
+    if max_num_neighbors is not None and max_num_neighbors < 1:
+        raise ValueError(f"max_num_neighbors must be None or >= 1, got {max_num_neighbors}")
+    if pos.shape[0] == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+
+    if _use_compiled(backend, torch_cluster, "torch_cluster"):
+        cap = pos.shape[0] if max_num_neighbors is None else max_num_neighbors
+
+        def build(p: Tensor, b: Tensor) -> Tensor:
+            return torch_cluster.radius_graph(p, float(r), b, loop, max_num_neighbors=cap, flow="source_to_target")
+
+        return _sorted_call(build, pos, batch)
+
+    def keep(dist: Tensor) -> Tensor:
+        within = dist < r
+        if max_num_neighbors is None or max_num_neighbors >= dist.shape[1]:
+            return within
+        nearest = dist.topk(max_num_neighbors, dim=1, largest=False).indices
+        capped = torch.zeros_like(within).scatter_(1, nearest, True)
+        return within & capped
+
+    return _pairs(pos, batch, loop, keep)
+
+
+def knn_graph(
+    pos: Tensor,
+    k: int,
+    batch: Tensor | None = None,
+    loop: bool = False,
+    *,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Edges from each point's ``k`` nearest neighbours (within its graph) to the point.
+
+    Args:
+        pos: (N, 3) positions.
+        k: number of neighbours per target, >= 1 (fewer when a graph has fewer points).
+        batch: (N,) long graph index of each point, or None. Need not be sorted.
+        loop: count the point itself among its neighbours.
+        backend: ``"auto"``, ``"torch"`` or ``"pyg"``.
+
+    Returns:
+        (2, E) long ``edge_index``: row 0 sources (the neighbours), row 1 targets.
+        Ties between equidistant neighbours may be broken differently by the two backends.
+    """
+    batch = _check_points(pos, batch)
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k}")
+    if pos.shape[0] == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+
+    if _use_compiled(backend, torch_cluster, "torch_cluster"):
+
+        def build(p: Tensor, b: Tensor) -> Tensor:
+            return torch_cluster.knn_graph(p, int(k), b, loop, flow="source_to_target")
+
+        return _sorted_call(build, pos, batch)
+
+    def keep(dist: Tensor) -> Tensor:
+        nearest = dist.topk(min(int(k), dist.shape[1]), dim=1, largest=False)
+        mask = torch.zeros_like(dist, dtype=torch.bool).scatter_(1, nearest.indices, True)
+        return mask & torch.isfinite(dist)  # never link across graphs, even when a graph has < k points
+
+    return _pairs(pos, batch, loop, keep)
+
+
+def scatter(
+    src: Tensor,
+    index: Tensor,
+    dim: int = 0,
+    dim_size: int | None = None,
+    reduce: Reduce = "sum",
+    *,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Reduce the slices of ``src`` along ``dim`` that share an ``index`` (edges -> nodes).
+
+    Args:
+        src: (..., E, ...) values, E along ``dim``.
+        index: (E,) long target of each slice.
+        dim: the dimension of ``src`` that ``index`` labels.
+        dim_size: number of targets (output size along ``dim``); default ``index.max() + 1``.
+        reduce: ``"sum"``, ``"mean"`` or ``"max"``. Targets that receive nothing get 0 for all three.
+        backend: ``"auto"``, ``"torch"`` or ``"pyg"``.
+
+    Returns:
+        Tensor shaped like ``src`` with ``dim`` of size ``dim_size``.
+
+    Example:
+        >>> scatter(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 0, 2]), dim_size=4, reduce="mean")
+        tensor([1.5000, 0.0000, 4.0000, 0.0000])
+    """
+    if reduce not in ("sum", "mean", "max"):
+        raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
+    dim = dim % src.dim() if src.dim() else 0
+    if index.dim() != 1 or index.dtype != torch.long or src.dim() == 0 or index.shape[0] != src.shape[dim]:
+        raise ValueError(
+            f"index must be a 1-D long tensor with one entry per slice of src along dim {dim} "
+            f"(src shape {tuple(src.shape)}), got {index.dtype} of shape {tuple(index.shape)}"
+        )
+    if index.device != src.device:
+        raise ValueError(f"index is on {index.device} but src is on {src.device}")
+    if index.numel() and index.min() < 0:
+        raise ValueError(f"index must be non-negative, got min {int(index.min())}")
+    if dim_size is None:
+        dim_size = int(index.max()) + 1 if index.numel() else 0
+    elif index.numel() and int(index.max()) >= dim_size:
+        raise ValueError(f"index holds {int(index.max())}, out of range for dim_size={dim_size}")
+
+    if _use_compiled(backend, torch_scatter, "torch_scatter"):
+        return torch_scatter.scatter(src, index, dim=dim, dim_size=dim_size, reduce=reduce)
+
+    shape = list(src.shape)
+    shape[dim] = dim_size
+    view = [1] * src.dim()
+    view[dim] = -1
+    if reduce == "max":
+        expanded = index.view(view).expand_as(src)
+        out = src.new_zeros(shape).scatter_reduce_(dim, expanded, src, reduce="amax", include_self=False)
+        return out
+    out = src.new_zeros(shape).index_add_(dim, index, src)
+    if reduce == "mean":
+        count = torch.zeros(dim_size, dtype=src.dtype, device=src.device)
+        count.index_add_(0, index, torch.ones_like(index, dtype=src.dtype))
+        out = out / count.clamp(min=1).view(view)
+    return out
