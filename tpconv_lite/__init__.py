@@ -3,20 +3,26 @@
 Only public names are re-exported here; each lives in a module that holds one idea.
 """
 
+from tpconv_lite.convolution import PointConvolution
 from tpconv_lite.data import Molecule, benzene
 from tpconv_lite.graph import knn_graph, radius_graph, scatter
 from tpconv_lite.irreps import irreps_to_rs, rs_to_irreps
+from tpconv_lite.radial import GaussianSmearing, RadialMLP, cosine_basis
 from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance, random_o3
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EquivarianceReport",
+    "GaussianSmearing",
     "Molecule",
+    "PointConvolution",
+    "RadialMLP",
     "__version__",
     "assert_equivariant",
     "benzene",
     "check_equivariance",
+    "cosine_basis",
     "irreps_to_rs",
     "knn_graph",
     "radius_graph",
