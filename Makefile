@@ -15,13 +15,13 @@ endif
 NBVAL := -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 NOTEBOOKS ?= $(sort $(wildcard tutorials/[0-9][0-9]_*.py))
 
-.PHONY: book test execute venv clean
+.PHONY: book test execute venv browser clean
 
 book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is at $(abspath _build/html/index.html)"
 
-test: $(STAMP)  ## unit tests, notebook checks, nbval over every chapter, the book build
+test: $(STAMP) browser  ## unit tests, notebook checks, nbval over every chapter, the book build
 	@$(BIN)/python -m pytest tests tutorials $(NBVAL); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; exit $$status
 
@@ -33,6 +33,13 @@ execute: $(STAMP)  ## regenerate each chapter's .ipynb from its .py and run it t
 	done
 
 venv: $(STAMP)
+
+browser:  ## Debian's chromium and chromedriver for tests/test_browser.py (installed when missing and run as root)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium/chromedriver missing and not root: tests/test_browser.py will be skipped"; fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -31,7 +31,7 @@
 # else it does nothing.
 # ```
 
-# %%
+# %% tags=["hide-cell"]
 # NBVAL_SKIP
 # Colab only: install e3nn and tpconv_lite, and torch-scatter/torch-cluster wheels when some match Colab's torch.
 # Colab's own torch is kept: this cell never installs or pins torch.
