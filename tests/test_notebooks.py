@@ -70,8 +70,10 @@ def test_package_code_cells_match_the_package(notebook: Path) -> None:
 def test_every_chapter_starts_with_the_same_colab_cell() -> None:
     first_code = {}
     for notebook in NOTEBOOKS:
-        code = [source for cell_type, source in _cells(notebook) if cell_type == "code"]
-        first_code[notebook.name] = code[0]
+        code = [cell for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"]
+        first_code[notebook.name] = code[0].source.strip()
+        tags = code[0].metadata.get("tags", [])
+        assert "hide-cell" in tags, f"{notebook.name}: the Colab cell must carry the tag hide-cell (collapsed in the book)"
     reference = first_code[NOTEBOOKS[0].name]
     assert reference.startswith("# NBVAL_SKIP") and '"google.colab" in sys.modules' in reference
     assert "pip(\"torch" not in reference and "torch==" not in reference, "the Colab cell must never install torch"

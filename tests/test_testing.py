@@ -89,3 +89,10 @@ def test_float32_constants_limit_a_float64_check() -> None:
     errors = [check_equivariance(tp, [x, y], ["1o", "1o"], "2e").errors[0] for tp in (tp32, tp64)]
     assert errors[0] > 1e-9 > 1e-13 > errors[1]
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_an_irreps_object_labels_one_output() -> None:
+    """o3.Irreps is a tuple: it must still be read as the label of a single output, not as a list of labels."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    report = check_equivariance(lambda v: torch.cat([v, 2 * v], dim=1), [x], [o3.Irreps("1o")], o3.Irreps("2x1o"))
+    assert report.ok and report.names == ["2x1o"]

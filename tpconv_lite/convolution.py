@@ -28,9 +28,10 @@ class PointConvolution(torch.nn.Module):
     Normalisation: the sum is divided by ``sqrt(num_neighbors)``, a fixed number (the typical neighbour count of
     the data), as in e3nn's examples, and not averaged over each atom's own neighbours. If the ``n`` messages of
     an atom are roughly independent with unit second moment, their sum has second moment ``n``, so the constant
-    keeps outputs near unit scale. A per-atom mean would do that too, but it jumps when a neighbour crosses
-    ``max_radius`` (``sum / n`` becomes ``sum / (n + 1)``) even when the radial function brings that neighbour's
-    message smoothly to zero; a constant keeps the convolution a smooth function of the positions.
+    keeps outputs near unit scale. Dividing by each atom's own count ``n_i`` (or its square root) would adapt to
+    each atom, but it jumps when a neighbour crosses ``max_radius`` (``sum / n`` becomes ``sum / (n + 1)``) even when
+    the radial function brings that neighbour's message smoothly to zero; a constant keeps the convolution a smooth
+    function of the positions.
 
     A zero-length edge (two atoms at the same place) has no direction: its spherical harmonics are taken at the
     zero vector, ``Y = (1, 0, ..., 0)`` (only ``l = 0`` survives, which is equivariant). Passing the zero vector to

@@ -149,7 +149,7 @@ def check_equivariance(
         raise ValueError(f"got {len(inputs)} inputs but {len(irreps_in)} entries in irreps_in")
     if dtype is not None:
         inputs = [x.to(dtype) if isinstance(x, Tensor) and x.is_floating_point() else x for x in inputs]
-    single_output = not isinstance(irreps_out, (list, tuple))
+    single_output = isinstance(irreps_out, o3.Irreps) or not isinstance(irreps_out, (list, tuple))
     kinds_out = [irreps_out] if single_output else list(irreps_out)
 
     generator = torch.Generator().manual_seed(seed)
