@@ -34,7 +34,7 @@ def _check_basis_args(max_radius: float, number_of_basis: int) -> None:
     if not (float(max_radius) > 0 and math.isfinite(max_radius)):
         raise ValueError(f"max_radius must be a positive finite number, got {max_radius}")
     if isinstance(number_of_basis, bool) or int(number_of_basis) != number_of_basis or number_of_basis < 2:
-        raise ValueError(f"number_of_basis must be an integer >= 2 got {number_of_basis}")
+        raise ValueError(f"number_of_basis must be an integer >= 2, got {number_of_basis}")
 
 
 def _check_lengths(r: Tensor) -> None:
