@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +33,12 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if result.returncode != 0:
         pytest.fail(f"book build failed:\n{result.stdout[-5000:]}\n{result.stderr[-3000:]}")
     return out / "_build" / "html"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The unit tests' tensors are tiny: a second thread only adds synchronisation (very slow on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -3,6 +3,8 @@
 Only public names are re-exported here; each lives in a module that holds one idea.
 """
 
+from tpconv_lite.attention import EquivariantAttention, edge_softmax
+from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.convolution import PointConvolution
 from tpconv_lite.data import Molecule, benzene
 from tpconv_lite.graph import knn_graph, radius_graph, scatter
@@ -14,15 +16,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EquivarianceReport",
+    "EquivariantAttention",
     "GaussianSmearing",
     "Molecule",
     "PointConvolution",
     "RadialMLP",
+    "TensorProductConvLayer",
     "__version__",
     "assert_equivariant",
     "benzene",
     "check_equivariance",
     "cosine_basis",
+    "edge_softmax",
     "irreps_to_rs",
     "knn_graph",
     "radius_graph",
