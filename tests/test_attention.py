@@ -180,3 +180,15 @@ def test_attention_rejects_bad_shapes(attention):
         attention(features, pos[1:], edge_index)
     with pytest.raises(ValueError, match=r"edge_index must be a \(2, E\) long tensor, got torch.int32"):
         attention(features, pos, edge_index.int())
+
+
+@pytest.mark.parametrize("dtype, gap", [(torch.float64, 800.0), (torch.float32, 110.0), (torch.float16, 20.0)])
+def test_edge_softmax_ignores_cut_off_edges_for_its_shift(dtype: torch.dtype, gap: float) -> None:
+    """A cut-off edge (weight 0) with the largest logit must not make the live edges underflow to zero."""
+    logits = torch.tensor([0.0, -gap], dtype=dtype, requires_grad=True)
+    alpha = edge_softmax(logits, torch.tensor([0, 0]), 1, weight=torch.tensor([0.0, 1.0], dtype=dtype))
+    assert alpha.tolist() == [0.0, 1.0]
+    alpha.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    every_edge_cut = edge_softmax(logits, torch.tensor([0, 0]), 1, weight=torch.zeros(2, dtype=dtype))
+    assert every_edge_cut.tolist() == [0.0, 0.0]

@@ -31,7 +31,9 @@ def edge_softmax(logits: Tensor, index: Tensor, num_nodes: int, weight: Tensor |
     """Softmax of the edge logits over the incoming edges of each target node.
 
     The largest logit of each target is subtracted first (a constant shift, which leaves the softmax unchanged), so
-    every exponential is at most 1 and nothing overflows. The shift is detached: its gradient is zero anyway.
+    every exponential is at most 1 and nothing overflows. Only edges with a positive ``weight`` count for that
+    maximum: a cut-off edge with a large logit would otherwise push the live exponentials into underflow. The shift
+    is detached: its gradient is zero anyway.
 
     Args:
         logits: (E, ...) one score (or one per head, channel, ...) per edge.
@@ -53,12 +55,18 @@ def edge_softmax(logits: Tensor, index: Tensor, num_nodes: int, weight: Tensor |
             f"logits must have one row per edge: expected shape ({index.shape[0]}, ...) to match index, "
             f"got {tuple(logits.shape)}"
         )
-    largest = scatter(logits.detach(), index, dim=0, dim_size=num_nodes, reduce="max")
-    exp = (logits - largest[index]).exp()
+    live = logits.detach()
     if weight is not None:
         if weight.shape != (logits.shape[0],):
             raise ValueError(f"weight must have shape ({logits.shape[0]},), one per edge, got {tuple(weight.shape)}")
-        exp = exp * weight.view(-1, *[1] * (logits.dim() - 1))
+        weight = weight.view(-1, *[1] * (logits.dim() - 1))
+        live = live.masked_fill(weight <= 0, float("-inf"))  # a cut-off edge must not set the shift
+    largest = scatter(live, index, dim=0, dim_size=num_nodes, reduce="max")
+    largest = torch.where(torch.isfinite(largest), largest, torch.zeros_like(largest))  # every edge cut off
+    shifted = logits - largest[index]
+    if weight is not None:  # cut-off edges: exp(0) * 0 = 0, never exp(large) * 0 = inf * 0
+        shifted = shifted.masked_fill(weight <= 0, 0.0)
+    exp = shifted.exp() if weight is None else shifted.exp() * weight
     total = scatter(exp, index, dim=0, dim_size=num_nodes)
     total = torch.where(total > 0, total, torch.ones_like(total))  # all exponentials cut off: 0 / 1, not 0 / 0
     return exp / total[index]
