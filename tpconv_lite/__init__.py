@@ -7,6 +7,7 @@ from tpconv_lite.attention import EquivariantAttention, edge_softmax
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.convolution import PointConvolution
 from tpconv_lite.data import Molecule, benzene
+from tpconv_lite.fused import FusedTensorProduct, e3x_irreps, e3x_to_irreps, irreps_to_e3x
 from tpconv_lite.graph import knn_graph, radius_graph, scatter
 from tpconv_lite.irreps import irreps_to_rs, rs_to_irreps
 from tpconv_lite.radial import GaussianSmearing, RadialMLP, cosine_basis
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EquivarianceReport",
     "EquivariantAttention",
+    "FusedTensorProduct",
     "GaussianSmearing",
     "Molecule",
     "PointConvolution",
@@ -27,7 +29,10 @@ __all__ = [
     "benzene",
     "check_equivariance",
     "cosine_basis",
+    "e3x_irreps",
+    "e3x_to_irreps",
     "edge_softmax",
+    "irreps_to_e3x",
     "irreps_to_rs",
     "knn_graph",
     "radius_graph",
