@@ -337,11 +337,13 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         """The scalar node and edge features and the edge spherical harmonics, before the embedding MLPs.
 
         Returns:
-            node_attr: (N, t_emb_dim + lm_node_dim) ``[time embedding, normed node_attr]``.
-            edge_index: (2, E) as given.
-            edge_attr: (E, radius_emb_dim + resi_pos_emb_dim + t_emb_dim + 2 lm_edge_dim)
-                ``[length embedding, offset embedding, time embedding of the source, normed edge_attr_]``.
-            edge_sh: (E, sh_irreps.dim) spherical harmonics of ``pos[src] - pos[dst]``, component normalized.
+            The tuple ``(node_attr, edge_index, edge_attr, edge_sh)``:
+
+            - ``node_attr``: (N, t_emb_dim + lm_node_dim), ``[time embedding, normed node_attr]``;
+            - ``edge_index``: (2, E) as given;
+            - ``edge_attr``: (E, radius_emb_dim + resi_pos_emb_dim + t_emb_dim + 2 lm_edge_dim), ``[length
+              embedding, offset embedding, time embedding of the source, normed edge_attr_]``;
+            - ``edge_sh``: (E, sh_irreps.dim), spherical harmonics of ``pos[src] - pos[dst]``, component normalized.
         """
         resi = data["resi"]
         x = self.resi_node_norm(resi.node_attr)
