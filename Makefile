@@ -27,9 +27,10 @@ test: $(STAMP) browser  ## unit tests, notebook checks, nbval over every chapter
 
 execute: $(STAMP)  ## regenerate each chapter's .ipynb from its .py and run it top to bottom in a clean kernel
 	@for py in $(NOTEBOOKS); do \
-	  nb=$${py%.py}.ipynb; echo "executing $$nb"; \
+	  nb=$${py%.py}.ipynb; start=$$(date +%s); \
 	  $(BIN)/jupytext --quiet --to ipynb --output $$nb $$py && \
-	  (cd tutorials && ../$(BIN)/jupyter execute --inplace --timeout=600 $$(basename $$nb)) || exit 1; \
+	  (cd tutorials && ../$(BIN)/jupyter execute --inplace --timeout=600 $$(basename $$nb) 2>/dev/null) || exit 1; \
+	  echo "executed $$nb in $$(( $$(date +%s) - start )) s"; \
 	done
 
 venv: $(STAMP)
