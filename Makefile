@@ -29,7 +29,9 @@ execute: $(STAMP)  ## regenerate each chapter's .ipynb from its .py and run it t
 	@for py in $(NOTEBOOKS); do \
 	  nb=$${py%.py}.ipynb; start=$$(date +%s); \
 	  $(BIN)/jupytext --quiet --to ipynb --output $$nb $$py && \
-	  (cd tutorials && ../$(BIN)/jupyter execute --inplace --timeout=600 $$(basename $$nb) 2>/dev/null) || exit 1; \
+	  log=$$(mktemp); \
+	  (cd tutorials && ../$(BIN)/jupyter execute --inplace --timeout=600 $$(basename $$nb) 2>$$log) || \
+	    { cat $$log; rm -f $$log; exit 1; }; rm -f $$log; \
 	  echo "executed $$nb in $$(( $$(date +%s) - start )) s"; \
 	done
 
