@@ -18,7 +18,8 @@ is the smallest matrix degree that holds every degree involved.
 Which paths survive. A path ``l1 x l2 -> l3`` gets the Clebsch-Gordan coupling times a factor proportional to the
 6j symbol ``{l1 l2 l3; l~ l~ l~}``, and 6j symbols have a few non-trivial zeros: every path allowed by the triangle
 and parity rules is there for degrees up to 4, but with ``l~ = 3`` (largest degree 5 or 6) the paths
-``3 x 5 -> 5`` (and its permutations) vanish, as they do in e3x. The weights are shared: one per degree and
+``3 x 5 -> 5`` (and its permutations) vanish, and with ``l~ = 4`` (degree 7 or 8) so do ``5 x 6 -> 7`` and its
+permutations, as they do in e3x. The weights are shared: one per degree and
 parity of each input and of each product, not one per path.
 
 Layouts. e3x stores features as ``(..., P, (L+1)**2, F)``: ``P`` parity channels, the ``2l+1`` components of each
