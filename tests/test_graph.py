@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpconv_lite import benzene
+from tpconv_lite import benzene, graph
 from tpconv_lite.graph import knn_graph, radius_graph, scatter, torch_cluster, torch_scatter
 
 needs_cluster = pytest.mark.skipif(torch_cluster is None, reason="torch_cluster is not installed")
@@ -75,6 +75,43 @@ def test_explicit_cap_keeps_the_nearest_neighbours() -> None:
     edges = radius_graph(pos, 1.0, max_num_neighbors=1, backend="torch")
     nearest = {0: 1, 1: 0, 2: 1, 3: 2}  # target -> nearest source (ties broken by distance, none here)
     assert _edge_set(edges) == {(s, t) for t, s in nearest.items()}
+
+
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("sorted_batch", [True, False])
+def test_cell_list_matches_brute_force_on_a_sparse_cloud(loop: bool, sorted_batch: bool) -> None:
+    """Far more points than fit in one cube of side r: the pure backend searches the 27 cubes around each point."""
+    gen = torch.Generator().manual_seed(5)
+    pos = torch.rand(600, 3, generator=gen) * 12.0 - 6.0
+    batch = torch.arange(600) // 200 if sorted_batch else torch.arange(600) % 3
+    assert 600 >= graph._GRID_MIN_POINTS and graph._cell_list_pairs(pos, batch, 1.5, loop) is not None  # the grid
+    edges = radius_graph(pos, 1.5, batch, loop=loop, backend="torch")
+    assert _edge_set(edges) == _brute_force_radius(pos, 1.5, batch, loop)
+    assert len(_edge_set(edges)) == edges.shape[1] > 600
+
+
+def test_cell_list_cap_keeps_the_nearest_neighbours() -> None:
+    gen = torch.Generator().manual_seed(6)
+    pos = torch.rand(600, 3, generator=gen) * 10.0
+    batch = torch.zeros(600, dtype=torch.long)
+    assert 600 >= graph._GRID_MIN_POINTS and graph._cell_list_pairs(pos, batch, 2.0, False) is not None
+    edges = radius_graph(pos, 2.0, max_num_neighbors=3, backend="torch")
+    dist = torch.cdist(pos, pos).fill_diagonal_(float("inf"))
+    expected_count = (dist < 2.0).sum(dim=1).clamp(max=3)
+    assert torch.equal(torch.bincount(edges[1], minlength=600), expected_count)
+    nearest = dist.topk(3, dim=1, largest=False).values  # each kept edge is among its target's 3 nearest
+    kept = dist[edges[1], edges[0]]
+    assert bool((kept <= nearest[edges[1], -1]).all())
+
+
+def test_cell_list_falls_back_when_it_cannot_prune() -> None:
+    pos = torch.randn(50, 3, generator=torch.Generator().manual_seed(7))
+    batch = torch.zeros(50, dtype=torch.long)
+    assert graph._cell_list_pairs(pos, batch, 100.0, False) is None  # one cube holds everything
+    assert radius_graph(pos, 100.0, backend="torch").shape[1] == 50 * 49
+    spread = torch.tensor([[0.0, 0, 0], [1e30, 1e30, 1e30]])  # 1e90 cubes of side 1: labels would overflow
+    assert graph._cell_list_pairs(spread, torch.zeros(2, dtype=torch.long), 1.0, False) is None
+    assert radius_graph(spread, 1.0, backend="torch").shape == (2, 0)
 
 
 def test_benzene_graph_is_symmetric() -> None:

@@ -36,6 +36,12 @@ the score model's irreps). This layer holds the same e3nn modules, so every buff
 in the default dtype when the layer is built and are loaded with the ``state_dict``: for float64 accuracy
 (equivariance to ~1e-15), build the layer, and the original, under ``torch.set_default_dtype(torch.float64)``.
 
+Speed. The messages are not computed by calling ``tp`` (e3nn's path-by-path code) but by
+:func:`~tpconv_lite.fast_tp.linear_weighted_tensor_product`, from the same modules and buffers: the MLP's last
+linear layer is evaluated in blocks, one per output irrep of the tensor product, and the product runs with the edge
+axis last. Outputs and gradients equal the original's up to float rounding (1e-7 relative in float32); on a dense
+graph of 128 residues, forward and backward take less than half the time (``python -m tpconv_lite.bench``).
+
 Four behaviours of the original are kept on purpose and stated here so they do not surprise:
 
 - with attention, ``reduce`` is ignored: the messages are summed with softmax weights (no square root, unlike e3nn's
@@ -60,6 +66,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tpconv_lite.attention import edge_softmax
+from tpconv_lite.fast_tp import linear_weighted_tensor_product
 from tpconv_lite.graph import scatter
 
 
@@ -214,7 +221,7 @@ class TensorProductConvLayer(nn.Module):
         reduce: str,
     ) -> Tensor:
         """Messages ``tp(x_j, Y_ij, fc(e_ij))`` reduced onto the targets: (out_nodes, out_tp_irreps.dim)."""
-        messages = self.tp(node_attr_in[edge_src], edge_sh, self.fc(edge_attr))
+        messages = self._messages(self.tp, self.fc, node_attr_in[edge_src], edge_sh, edge_attr)
         return scatter(messages, edge_dst, dim=0, dim_size=out_nodes, reduce=reduce)
 
     def _attend(
@@ -232,10 +239,23 @@ class TensorProductConvLayer(nn.Module):
         ``reduce`` is ignored: the weights of each target already sum to one.
         """
         queries = self.h_q(node_attr_in)
-        keys = self.tp_k(node_attr_in[edge_src], edge_sh, self.fc_k(edge_attr))
-        values = self.tp(node_attr_in[edge_src], edge_sh, self.fc(edge_attr))
+        sources = node_attr_in[edge_src]
+        keys = self._messages(self.tp_k, self.fc_k, sources, edge_sh, edge_attr)
+        values = self._messages(self.tp, self.fc, sources, edge_sh, edge_attr)
         alpha = edge_softmax(self.dot(queries[edge_dst], keys), edge_dst, out_nodes)
         return scatter(alpha * values, edge_dst, dim=0, dim_size=out_nodes)
+
+    @staticmethod
+    def _messages(
+        tp: o3.TensorProduct, fc: nn.Sequential, sources: Tensor, edge_sh: Tensor, edge_attr: Tensor
+    ) -> Tensor:
+        """``tp(x_j, Y_ij, fc(e_ij))`` for every edge: (E, tp.irreps_out.dim).
+
+        The same numbers as calling ``tp`` on ``fc``'s output, up to float rounding, computed by
+        :func:`~tpconv_lite.fast_tp.linear_weighted_tensor_product`: the MLP's last linear layer is evaluated block
+        by block, in the order in which the tensor product uses its weights.
+        """
+        return linear_weighted_tensor_product(tp, sources, edge_sh, fc[:-1](edge_attr), fc[-1])
 
     def _check_inputs(
         self,
