@@ -1,0 +1,513 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10. Performance
+#
+# Chapter 8 built the convolution layer of EigenFold's score model {footcite:p}`jing2023eigenfold` and promised that
+# `TensorProductConvLayer` computes the same numbers as the original, faster. This chapter measures that promise. It
+# counts the arithmetic and the memory traffic of one edge, measures what this machine can do per second, runs the
+# package's benchmark, and opens the one place where the package departs from e3nn's code: the per-edge tensor
+# product of `tpconv_lite.fast_tp`.
+
+# %% [markdown]
+# ```{admonition} Run this chapter
+# :class: tip
+# Locally: `make execute` in a clone of the repository, or open `tutorials/10_performance.ipynb` in Jupyter.
+# In Colab: the rocket icon at the top of the page. The first code cell installs what Colab lacks; everywhere
+# else it does nothing. Timings depend on the machine and on what else runs on it: your numbers will differ from
+# the ones printed here, and that is the point of measuring them.
+# ```
+
+# %% tags=["hide-cell"]
+# NBVAL_SKIP
+# Colab only: install e3nn and tpconv_lite, and torch-scatter/torch-cluster wheels when some match Colab's torch.
+# Colab's own torch is kept: this cell never installs or pins torch.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    import torch
+
+    def pip(*args: str) -> bool:
+        return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode == 0
+
+    pip("e3nn>=0.5.6,<0.7", "tpconv_lite @ git+https://github.com/tpconv-lite/tpconv-lite@main")
+    torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2]) + ".0"
+    variant = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
+    wheels = f"https://data.pyg.org/whl/torch-{torch_version}+{variant}.html"
+    if not pip("--only-binary=:all:", "torch-scatter", "torch-cluster", "-f", wheels):
+        print("No torch-scatter/torch-cluster wheels for this torch: tpconv_lite uses its pure-torch backend.")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import e3nn
+import matplotlib.pyplot as plt
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+import tpconv_lite
+from tpconv_lite import bench
+from tpconv_lite.fast_tp import _check, _edge_last_product, _EdgeLast, _weight_rows
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.manual_seed(0)
+print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_lite.__version__}, device {device}")
+info = bench.machine_info(device)
+print(f"{info['gpu'] or info['cpu']}: {info['threads']} torch threads, load average {info['load_average']}")
+
+# %% [markdown]
+# ## Goals
+#
+# By the end of this chapter you can
+# 1. count the floating-point operations (FLOP) and the bytes that one edge costs in the radial MLP and in the tensor
+#    product, and compare them with this machine's measured matrix-multiply speed and copy bandwidth;
+# 2. run `tpconv_lite.bench` from a notebook or the command line and read its numbers: times, ratios, slopes;
+# 3. say what checkpointing trades, with numbers;
+# 4. explain how `tpconv_lite.fast_tp` evaluates e3nn's per-edge tensor product, and check that it gives the
+#    original's outputs and gradients.
+
+# %% [markdown]
+# ## The layer we time
+#
+# The benchmark times the score model's default layer (EigenFold's defaults, kept in `bench.DEFAULT_LAYER`) on
+# *dense* residue graphs: every ordered pair of $N$ residues is an edge, $E = N(N-1)$. Two contenders hold the same
+# weights: `bench.ReferenceLayer`, the original layer transcribed with its quirks, and the package's
+# `TensorProductConvLayer`, loaded with the reference's `state_dict` by `bench.default_layers`.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for key, value in bench.DEFAULT_LAYER.items():
+    print(f"{key:16s} {value}")
+reference, ours = bench.default_layers(attention=False)
+tp = reference.tp
+print("tensor product paths:", len(tp.instructions), "| weights per edge (weight_numel):", tp.weight_numel)
+node_attr, edge_index, edge_attr, edge_sh = bench.dense_residue_graph(64)
+print("N = 64 residues -> E =", edge_index.shape[1], "edges")
+
+# %% [markdown]
+# ## Where the time goes
+#
+# Per edge $j \to i$ the layer does two things whose cost grows with $E$ (everything else is per node):
+#
+# 1. the **radial MLP** `fc` turns the 96 invariant edge features into the tensor product's 528 weights through two
+#    hidden layers of `fc_dim = 128`: $96 \to 128 \to 128 \to 528$;
+# 2. the **tensor product** couples the source's features $x_j$ with the edge's harmonics $Y(r_{ij})$, path by path,
+#    and weighs each path with those weights.
+#
+# A linear map $a \to b$ costs $a b$ multiply-adds, 2 FLOP each. For a path $(l_1, l_2) \to l_3$ of multiplicities
+# $u, v, w$, the product first forms $y[u, v, k] = \sum_{i,j} C[i, j, k]\, x_1[u, i]\, x_2[v, j]$, one multiply-add
+# per nonzero Clebsch-Gordan coefficient $C$ and per pair $(u, v)$, then mixes with the weights,
+# $\text{out}[w, k] \mathrel{+}= \sum_{u,v} W[u, v, w]\, y[u, v, k]$, $u v w (2 l_3 + 1)$ multiply-adds. The
+# instructions of e3nn's tensor product list the paths and their shapes, so the count is a short loop:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def tensor_product_flop(tp: o3.TensorProduct) -> int:
+    """FLOP of one sample of a weighted 'uvw' tensor product: 2 per multiply-add, zeros of C skipped."""
+    multiply_adds = 0
+    for ins in tp.instructions:
+        (u, ir1), (v, ir2), (w, ir3) = tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2], tp.irreps_out[ins.i_out]
+        nonzero = int((o3.wigner_3j(ir1.l, ir2.l, ir3.l).abs() > 1e-10).sum())
+        multiply_adds += u * v * nonzero + u * v * w * ir3.dim
+    return 2 * multiply_adds
+
+
+mlp_widths = [bench.DEFAULT_LAYER["n_edge_features"], 128, 128, tp.weight_numel]
+mlp_flop = sum(2 * a * b for a, b in zip(mlp_widths[:-1], mlp_widths[1:]))
+tp_flop = tensor_product_flop(tp)
+print("radial MLP:", " -> ".join(map(str, mlp_widths)), f"= {mlp_flop} FLOP per edge")
+print(f"tensor product: {tp_flop} FLOP per edge")
+print(f"the MLP does {mlp_flop / tp_flop:.0f} times the arithmetic of the tensor product")
+
+# %% [markdown]
+# Arithmetic is half of the story; the other half is moving numbers. Per edge, in float32 (4 bytes), the MLP reads
+# its 96 inputs and writes 128 + 128 + 528 activations; its weight matrices are shared by all edges and stay in
+# cache, so for many edges they cost nothing per edge. The tensor product reads $x_j$ (44 numbers after `lin_in`),
+# $Y$ (9) and the 528 weights, and writes 44 outputs. The ratio FLOP / byte is the *arithmetic intensity*:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+dims = {name: o3.Irreps(bench.DEFAULT_LAYER[name]).dim for name in ("in_tp_irreps", "sh_irreps", "out_tp_irreps")}
+mlp_bytes = 4 * sum(mlp_widths)
+tp_bytes = 4 * (dims["in_tp_irreps"] + dims["sh_irreps"] + tp.weight_numel + dims["out_tp_irreps"])
+print(f"radial MLP:     {mlp_bytes} bytes per edge, intensity {mlp_flop / mlp_bytes:.0f} FLOP/byte")
+print(f"tensor product: {tp_bytes} bytes per edge, intensity {tp_flop / tp_bytes:.1f} FLOP/byte")
+
+# %% [markdown]
+# Whether 55 FLOP/byte is "a lot" depends on the machine. The *roofline model* {footcite:p}`williams2009roofline`
+# compares a kernel's intensity with the machine's *ridge point*, its peak FLOP/s divided by its bandwidth in
+# bytes/s: below the ridge, memory limits the kernel; above, arithmetic does. Measure both here with the bench's own
+# timer, `bench.time_side_by_side` (warm-up runs, then the median of the repeats): a large float32 matrix product,
+# $2n^3$ FLOP, and a large copy, which reads and writes every byte once.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+n = 1024
+a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+source, target = torch.randn(2**24, device=device), torch.empty(2**24, device=device)  # 64 MB each
+timings = bench.time_side_by_side(
+    {"matmul": lambda: a @ b, "copy": lambda: target.copy_(source)}, warmup=2, repeats=5, device=device
+)
+peak_flops = 2 * n**3 / timings["matmul"]["median"]
+bandwidth = 2 * source.numel() * 4 / timings["copy"]["median"]
+print(f"matrix multiply ({n}x{n}, float32): {peak_flops / 1e9:.1f} GFLOP/s")
+print(f"copy (64 MB): {bandwidth / 1e9:.1f} GB/s")
+print(f"ridge point: {peak_flops / bandwidth:.1f} FLOP/byte")
+
+# %% [markdown]
+# On a laptop or a small cloud CPU the ridge sits at a few FLOP per byte; on a GPU at a few tens. The MLP lies above
+# it: it should run near the matrix-multiply speed. The tensor product lies below it: at best it streams its
+# per-edge numbers through memory once. What do these roofs predict for one forward pass over the 16256 edges of a
+# dense graph of 128 residues?
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+edges = 128 * 127
+for name, flop, nbytes in [("radial MLP", mlp_flop, mlp_bytes), ("tensor product", tp_flop, tp_bytes)]:
+    compute, memory = edges * flop / peak_flops, edges * nbytes / bandwidth
+    bound = "compute" if compute > memory else "memory"
+    print(f"{name:15s} at least {1e3 * max(compute, memory):6.1f} ms ({bound}-bound: "
+          f"{1e3 * compute:.1f} ms of arithmetic, {1e3 * memory:.1f} ms of memory traffic)")
+
+# %% [markdown]
+# Keep these floors in mind for the measured times below: the gap between a floor and a measurement is overhead
+# (many small kernels, intermediate tensors, Python), and overhead is what a faster implementation removes.
+
+# %% [markdown]
+# ## Running the benchmark
+#
+# `tpconv_lite.bench` has four sections, one function each, and `run_benchmarks` runs them all. Here we call the
+# two sections this chapter discusses, with sizes small enough for a minute on two CPU cores: the layer on dense
+# graphs of 48 and 96 residues (no attention), and the fused tensor product of chapter 7 against the full one. Each
+# returns plain dicts and lists.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+conv_rows = bench.bench_conv_layer(sizes=(48, 96), attention=(False,), warmup=1, repeats=3, device=device)
+fused = bench.bench_fused(degrees=(1, 2, 3, 4), num_features=8, batch=256, warmup=1, repeats=3, device=device)
+print(f"{'N':>3s} {'E':>5s}  {'pass':16s} {'checkpoint':10s} {'reference ms':>12s} {'ours ms':>8s} {'ours/ref':>8s}")
+for row in conv_rows:
+    checkpoint = {None: "-", False: "off", True: "on"}[row["checkpointing"]]
+    ref_ms, ours_ms = 1e3 * row["reference"]["median"], 1e3 * row["ours"]["median"]
+    print(f"{row['n_nodes']:3d} {row['n_edges']:5d}  {row['pass']:16s} {checkpoint:10s} {ref_ms:12.1f} "
+          f"{ours_ms:8.1f} {ours_ms / ref_ms:8.2f}")
+
+# %% [markdown]
+# Every row also records how far our outputs and gradients are from the reference's, as
+# `max |ours - ref| / max |ref|`: a speed-up that changed the numbers would be worth nothing.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("outputs agree in every case (rel. diff < 1e-5):", all(row["output_difference"] < 1e-5 for row in conv_rows))
+gradients = [row["gradient_difference"] for row in conv_rows if row["gradient_difference"] is not None]
+print("gradients agree in every case (rel. diff < 1e-5):", all(g < 1e-5 for g in gradients))
+
+# %% [markdown]
+# The left panel shows the ratios of the medians, ours over reference (below 1: ours is faster); the right one the
+# fused and the full channel-wise tensor product against the maximal degree $L$, on log-log axes, where a power law
+# $t \propto L^s$ is a straight line of slope $s$. Counting paths, the full product grows like $L^6$ at large $L$
+# (chapter 7), the fused one like $L^4$ at most; at these small sizes fixed costs still flatten both.
+
+# %%
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+labels = [f"N={r['n_nodes']}\n{r['pass'].replace('forward+backward', 'fwd+bwd')}"
+          + ("" if r["checkpointing"] is None else f"\nckpt {'on' if r['checkpointing'] else 'off'}") for r in conv_rows]
+left.bar(range(len(conv_rows)), [r["ours"]["median"] / r["reference"]["median"] for r in conv_rows], color="tab:blue")
+left.axhline(1.0, color="k", lw=0.8, ls="--")
+left.set_xticks(range(len(conv_rows)), labels, fontsize=7)
+left.set_ylabel("time ours / time reference")
+left.set_title("Convolution layer, dense graphs")
+degrees = [r["max_degree"] for r in fused["rows"]]
+for name, marker in [("full", "o"), ("fused", "s")]:
+    times = [1e3 * r[name]["median"] for r in fused["rows"]]
+    right.loglog(degrees, times, marker=marker, label=f"{name} (slope {fused['slope_' + name]:.1f} over L>=2)")
+right.set_xticks(degrees, [str(d) for d in degrees])
+right.set_xlabel("maximal degree L")
+right.set_ylabel("forward time (ms)")
+right.set_title(f"Tensor products, F={fused['num_features']}, batch={fused['batch']}")
+right.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# What to expect on a quiet machine: the ratio falls as the graph grows (the fast path removes work per edge, and
+# fixed costs per call weigh less on big graphs), and forward alone gains less than forward and backward (most of
+# e3nn's waste is in its backward pass, below). Three repeats on small graphs are noisy: if another program shares
+# your cores, single medians can jump by a factor of ten. Run the full benchmark, with more repeats and larger
+# sizes, before you trust a ratio, and certainly before you trust a slope fitted to three points.
+
+# %% [markdown]
+# ## What checkpointing trades
+#
+# In training, the layer runs its message passing under `torch.utils.checkpoint` {footcite:p}`chen2016checkpointing`:
+# the forward pass keeps only the inputs of the checkpointed function and throws its intermediates away, and the
+# backward pass computes them again. Less memory held between the passes, one extra forward pass of time.
+# `bench.bench_memory` measures both kinds of memory: what a layer leaves allocated after its forward pass (held
+# until its backward runs, for every layer of a deep model at once) and the peak during forward and backward.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+memory_rows = bench.bench_memory(sizes=(64,), attention=(False,), device=device)
+print(f"{'checkpoint':10s} {'saved ref MB':>12s} {'saved ours MB':>13s} {'peak ref MB':>11s} {'peak ours MB':>12s}")
+for row in memory_rows:
+    saved, peak = row["saved"], row["peak"]
+    print(f"{'on' if row['checkpointing'] else 'off':10s} {saved['reference'] / 2**20:12.1f} "
+          f"{saved['ours'] / 2**20:13.1f} {peak['reference'] / 2**20:11.1f} {peak['ours'] / 2**20:12.1f}")
+for n_nodes in (48, 96):
+    on, off = (next(r for r in conv_rows if r["n_nodes"] == n_nodes and r["checkpointing"] is c) for c in (True, False))
+    print(f"N={n_nodes}: forward+backward with checkpointing takes {on['ours']['median'] / off['ours']['median']:.2f}x "
+          "the time without (ours)")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+off, on = memory_rows
+for name in ("reference", "ours"):
+    print(f"{name}: checkpointing keeps less than a tenth after forward:", on["saved"][name] < off["saved"][name] / 10)
+    print(f"{name}: but its peak is within 10% of the peak without:", on["peak"][name] <= 1.1 * off["peak"][name])
+
+# %% [markdown]
+# The saved memory drops to almost nothing: what is left is the layer's small `(N, 60)` output and the inputs it
+# already had. The peak does not drop, since the backward pass recomputes the intermediates and so holds them for a
+# moment anyway; checkpointing helps a *deep* model, where without it every layer's intermediates are held at once.
+# The price is the extra forward pass: if backward costs about twice forward, the factor on the forward + backward
+# time is about 4/3. On a busy machine the measured factor scatters far around that, which is why the benchmark
+# prints the minimum and maximum next to every median.
+
+# %% [markdown]
+# ## How the fast layer differs
+#
+# `ReferenceLayer` and `TensorProductConvLayer` differ in one line of their message functions:
+#
+# | | reference (EigenFold) | `TensorProductConvLayer` |
+# |---|---|---|
+# | messages | `self.tp(x[src], edge_sh, self.fc(edge_attr))` | `linear_weighted_tensor_product(self.tp, x[src], edge_sh, self.fc[:-1](edge_attr), self.fc[-1])` |
+# | scatter | torch_scatter | `tpconv_lite.graph.scatter` (torch_scatter or pure torch) |
+# | checkpoint | `use_reentrant=True` | `use_reentrant=False`, switchable by `layer.checkpointing` |
+#
+# e3nn's `FullyConnectedTensorProduct` with per-edge weights evaluates its paths one at a time: each takes its block
+# of the `(E, 528)` weight tensor with a slice and runs a small einsum with the edge axis first. Going forward,
+# slices are free. Going backward, the gradient of each slice is a zero-filled `(E, 528)` tensor with one block
+# filled in, and the twelve of them are added up: a dozen passes over the largest per-edge tensor of the layer.
+# And an einsum with the edge axis first is $E$ tiny matrix products (a 4×3 by 3×3 one per edge), which run one edge
+# at a time.
+#
+# `tpconv_lite.fast_tp` computes the same sums in another order:
+#
+# 1. the **edge axis goes last**: every per-edge tensor is laid out as `(features, E)`, so each per-edge operation
+#    is an elementwise product or a sum over rows of $E$ contiguous numbers, which vectorises;
+# 2. **paths are grouped by output irrep**: all the paths into one output irrep are stacked into one tensor
+#    $Y_o[U, k, e]$, $U$ running over (path, $u$, $v$), and contracted with one block of weights $W_o[w, U, e]$;
+# 3. **the weights are never formed in e3nn's order**: they are the output of the MLP's last linear layer
+#    $w = A h + b$, so each block $W_o = A[\text{rows}_o] h + b[\text{rows}_o]$ is computed directly from its own rows
+#    of $A$. No slice of a per-edge tensor ever reaches autograd, and nothing is zero-filled in the backward pass.
+#
+# This is the function the layer calls; the helpers it names are in the same module (`_weight_rows` finds the rows
+# of each block, `_edge_last_product` does steps 1 and 2, `_EdgeLast` is a transpose whose gradient is contiguous):
+
+# %%
+# Package code: tpconv_lite.fast_tp.linear_weighted_tensor_product
+def linear_weighted_tensor_product(
+    tp: o3.TensorProduct, x1: Tensor, x2: Tensor, hidden: Tensor, linear: nn.Linear
+) -> Tensor:
+    """``tp(x1, x2, linear(hidden))``, without forming the weights in e3nn's order.
+
+    Each block of weights is computed from its own rows of the linear layer, ``W_o = A[rows_o] h + b[rows_o]``, with
+    the edge axis last (see the module docstring): the same numbers as ``linear(hidden)``, in the order the product
+    uses them.
+
+    Args:
+        tp: as in :func:`tensor_product`.
+        x1: (E, irreps_in1.dim).
+        x2: (E, irreps_in2.dim).
+        hidden: (E, linear.in_features), e.g. the last hidden layer of an edge MLP.
+        linear: an ``nn.Linear`` with ``out_features == tp.weight_numel``.
+
+    Returns:
+        (E, irreps_out.dim), equal to ``tp(x1, x2, linear(hidden))`` up to float rounding.
+
+    Example:
+        >>> tp = o3.FullyConnectedTensorProduct("2x0e + 1x1o", "0e + 1o", "1x0e + 2x1o", shared_weights=False)
+        >>> linear = nn.Linear(8, tp.weight_numel)
+        >>> x1, x2, h = torch.randn(5, 5), torch.randn(5, 4), torch.randn(5, 8)
+        >>> torch.allclose(linear_weighted_tensor_product(tp, x1, x2, h, linear), tp(x1, x2, linear(h)), atol=1e-6)
+        True
+    """
+    _check(tp, x1, x2)
+    if not isinstance(linear, nn.Linear) or linear.out_features != tp.weight_numel:
+        raise ValueError(f"linear must be an nn.Linear with out_features = tp.weight_numel = {tp.weight_numel}")
+    if x1.dim() != 2 or not isinstance(hidden, Tensor) or hidden.shape != (x1.shape[0], linear.in_features):
+        shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
+        raise ValueError(
+            f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
+            f"got {tuple(x1.shape)} and {shape}"
+        )
+    rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
+    hidden, a, b = hidden.T, linear.weight, linear.bias  # hidden: (in_features, E)
+    weights = [a[r] @ hidden if b is None else torch.addmm(b[r, None], a[r], hidden) for r in rows]  # (mul_o U_o, E)
+    return _EdgeLast.apply(_edge_last_product(tp, _EdgeLast.apply(x1), _EdgeLast.apply(x2), weights))
+
+
+# %% [markdown]
+# First, the function on its own: with the same linear layer, it gives what e3nn's tensor product gives on that
+# layer's output.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+generator = torch.Generator().manual_seed(0)
+x1, x2 = torch.randn(200, dims["in_tp_irreps"], generator=generator), torch.randn(200, 9, generator=generator)
+hidden, linear = torch.randn(200, 128, generator=generator), ours.fc[-1]
+with torch.no_grad():
+    fast, e3nn_way = linear_weighted_tensor_product(tp, x1, x2, hidden, linear), tp(x1, x2, linear(hidden))
+print("same as tp(x1, x2, linear(h)) (rel. diff < 1e-5):", bench.relative_difference(fast, e3nn_way) < 1e-5)
+
+# %% [markdown]
+# Now the e3nn backward pass that the fast path avoids. The profiler lists every operator autograd runs; count the
+# `slice_backward` operators (each allocates a zero-filled tensor of its input's full size) in one forward and
+# backward pass of each layer. Both layers slice small tensors elsewhere (inside `o3.Linear`, for instance); the
+# difference is one per path of the tensor product:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+inputs = [x.requires_grad_(True) if x.is_floating_point() else x for x in bench.dense_residue_graph(32)]
+for name, layer in [("reference", reference.eval()), ("ours", ours.eval())]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        layer(*inputs).sum().backward()
+    counts = {event.key: event.count for event in profiler.key_averages()}
+    print(f"{name:9s}: slice_backward x {counts.get('aten::slice_backward', 0):2d}, "
+          f"bmm x {counts.get('aten::bmm', 0):2d}, einsum x {counts.get('aten::einsum', 0):2d}")
+
+# %% [markdown]
+# And the check that matters: with identical weights, the package's layer and the reference give the same outputs
+# and the same gradients, for every input and every parameter, with and without attention, with checkpointing
+# (training mode) and without. Float32 rounding differs between the two orders of summation, so "equal" means a
+# relative difference below $10^{-5}$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def outputs_and_gradients(layer: nn.Module, inputs: list[Tensor], projection: Tensor) -> tuple[Tensor, dict]:
+    """The layer's output, and the gradients of (output * projection).sum() by name: inputs, then parameters."""
+    layer.zero_grad()
+    for x in inputs:
+        x.grad = None
+    out = layer(*inputs)
+    (out * projection).sum().backward()
+    grads = {f"input {i}": x.grad for i, x in enumerate(inputs) if x.is_floating_point()}
+    return out.detach(), grads | {name: p.grad for name, p in layer.named_parameters()}
+
+
+inputs = [x.requires_grad_(True) if x.is_floating_point() else x for x in bench.dense_residue_graph(24, seed=1)]
+projection = torch.randn(24, ours.out_irreps.dim, generator=torch.Generator().manual_seed(2))
+for attention in (False, True):
+    reference_layer, our_layer = bench.default_layers(attention)
+    for training in (False, True):
+        reference_layer.train(training)
+        our_layer.train(training)
+        out_ref, grads_ref = outputs_and_gradients(reference_layer, inputs, projection)
+        out_ours, grads_ours = outputs_and_gradients(our_layer, inputs, projection)
+        same_out = bench.relative_difference(out_ours, out_ref) < 1e-5
+        same_grads = grads_ours.keys() == grads_ref.keys() and all(
+            bench.relative_difference(grads_ours[k], grads_ref[k]) < 1e-5 for k in grads_ref
+        )
+        print(f"attention={attention!s:5s} checkpointing={training!s:5s}: outputs equal (rel. diff < 1e-5): "
+              f"{same_out}, {len(grads_ref)} gradients equal: {same_grads}")
+
+# %% [markdown]
+# ## Running the full benchmark
+#
+# From a terminal, in the repository's environment:
+#
+# ```bash
+# python -m tpconv_lite.bench --quick              # small sizes, few repeats
+# python -m tpconv_lite.bench --json results.json  # full sizes; also write the results as JSON
+# python -m tpconv_lite.bench --device cuda        # on a GPU (CUDA is synchronised around each timing)
+# ```
+#
+# The full run adds the attention variant, graphs up to 256 residues, degrees up to $L = 8$, the pure-torch graph
+# backend against torch_cluster and torch_scatter, and prints everything with `bench.format_report`. From Python,
+# `bench.run_benchmarks(quick=True)` returns the same results as one dict. The report starts with the machine, the
+# thread count and the load average: on a shared computer, a timing taken while other programs run says little, so
+# the contenders always run alternately, in one process, and each reports its median with the minimum and maximum.
+
+# %% [markdown]
+# ## Summary
+#
+# - Per edge, the radial MLP does about 80 times the arithmetic of the tensor product, at an intensity of about 55
+#   FLOP/byte: compute-bound. The tensor product moves more bytes than it does FLOP: memory-bound.
+# - Measure the machine before judging a time: a large matrix product gives its FLOP/s, a large copy its bytes/s,
+#   and their ratio, the ridge point, says which kind of kernel is limited by what {footcite:p}`williams2009roofline`.
+# - `tpconv_lite.bench` times the package against the original side by side and records how far their outputs
+#   and gradients are apart; the chapter runs its conv-layer, fused and memory sections.
+# - Checkpointing {footcite:p}`chen2016checkpointing` drops what a layer holds between forward and backward to
+#   almost nothing, for one extra forward pass.
+# - `fast_tp` computes e3nn's per-edge tensor product with the edge axis last, paths grouped by output irrep and the
+#   MLP's last layer folded in, which removes e3nn's zero-filled slice gradients; outputs and gradients are equal
+#   to float rounding.
+#
+# This is the last chapter of the core path: the package's layers, their tests and their benchmark are now yours
+# to change and measure.
+
+# %% [markdown]
+# ## Exercises
+#
+# **1.** A layer of the radial MLP, $a \to b$ on $E$ edges, reads an $(E, a)$ input and a weight matrix, and writes
+# an $(E, b)$ output. Write its arithmetic intensity as a function of $E$ (float32), and compute it for the last
+# layer, $128 \to 528$, at $E = 1, 100, 16256$. Where does it cross this machine's ridge point?
+
+# %% tags=["hide-cell"]
+# NBVAL_IGNORE_OUTPUT
+# Solution 1: FLOP = 2 E a b; bytes = 4 (E a + a b + b + E b) (input, weights, bias, output). For E = 1 the weights
+# dominate and the intensity is about 0.5 FLOP/byte (a matrix-vector product, memory-bound); for large E it tends
+# to 2 a b / (4 (a + b)) = 52 FLOP/byte.
+def linear_intensity(n_edges: int, a: int, b: int) -> float:
+    return 2 * n_edges * a * b / (4 * (n_edges * a + a * b + b + n_edges * b))
+
+
+ridge = peak_flops / bandwidth
+for n_edges in (1, 100, 16256):
+    print(f"E = {n_edges:5d}: {linear_intensity(n_edges, 128, 528):5.1f} FLOP/byte")
+crossing = next((e for e in range(1, 100_000) if linear_intensity(e, 128, 528) > ridge), None)
+print(f"ridge point {ridge:.1f} FLOP/byte: compute-bound from E = {crossing} edges on")
+
+# %% [markdown]
+# **2.** Predict, before you measure: is the radial MLP's forward pass on a dense graph of 96 residues compute- or
+# memory-bound on this machine, and how long should it take at least? Then time `ours.fc` on `edge_attr` with
+# `bench.time_side_by_side` and compare. How close to the floor does PyTorch get?
+
+# %% tags=["hide-cell"]
+# NBVAL_IGNORE_OUTPUT
+# Solution 2: at about 55 FLOP/byte the MLP sits above the ridge point of a CPU: compute-bound, so the floor is
+# E * mlp_flop / peak_flops. Large matrix products run close to the measured peak; the three smaller ones here,
+# with their ReLUs, lose a little to memory traffic and per-call costs.
+edge_features = bench.dense_residue_graph(96)[2]
+with torch.no_grad():
+    measured = bench.time_side_by_side({"fc": lambda: ours.fc(edge_features)}, 1, 5, torch.device("cpu"))["fc"]
+floor = edge_features.shape[0] * mlp_flop / peak_flops
+print(f"floor {1e3 * floor:.1f} ms, measured {1e3 * measured['median']:.1f} ms: {floor / measured['median']:.0%} of peak")
+
+# %% [markdown]
+# ## References
+#
+# Further reading: EigenFold {footcite:p}`jing2023eigenfold` and DiffDock {footcite:p}`corso2023diffdock` for the
+# layer; the e3nn paper {footcite:p}`geiger2022e3nn` for its tensor products; Passaro and Zitnick
+# {footcite:p}`passaro2023reducing` for a way to make tensor products cheaper by changing the maths, not only the
+# order of the sums.
+#
+# ```{footbibliography}
+# ```
