@@ -1,0 +1,1090 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 9. A residue-level score model
+#
+# EigenFold {footcite:p}`jing2023eigenfold` predicts the structure of a protein by diffusion. It starts from random
+# positions of the alpha carbons, one per residue, and removes noise step by step. Each step asks a network for the
+# *score*: for every residue, the direction in which its noised position should move to make the whole chain more
+# likely. That network, `ResiLevelTensorProductScoreModel`, is a stack of chapter 8's layers between an embedding of
+# invariant features and a last tensor product that outputs one vector per residue. This chapter follows a batch of
+# chains through it, tensor by tensor; checks that its output turns with the chain; trains it on a CPU on toy helices
+# and samples new ones from it; and then runs an experiment on the one symmetry that it deliberately lacks, the
+# mirror symmetry.
+
+# %% [markdown]
+# ```{admonition} Run this chapter
+# :class: tip
+# Locally: `make execute` in a clone of the repository, or open `tutorials/09_score_model.ipynb` in Jupyter.
+# In Colab: the rocket icon at the top of the page. The first code cell installs what Colab lacks; everywhere
+# else it does nothing.
+# ```
+
+# %% tags=["hide-cell"]
+# NBVAL_SKIP
+# Colab only: install e3nn and tpconv_lite, and torch-scatter/torch-cluster wheels when some match Colab's torch.
+# Colab's own torch is kept: this cell never installs or pins torch.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    import torch
+
+    def pip(*args: str) -> bool:
+        return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode == 0
+
+    pip("e3nn>=0.5.6,<0.7", "tpconv_lite @ git+https://github.com/tpconv-lite/tpconv-lite@main")
+    torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2]) + ".0"
+    variant = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
+    wheels = f"https://data.pyg.org/whl/torch-{torch_version}+{variant}.html"
+    if not pip("--only-binary=:all:", "torch-scatter", "torch-cluster", "-f", wheels):
+        print("No torch-scatter/torch-cluster wheels for this torch: tpconv_lite uses its pure-torch backend.")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+
+import e3nn
+import matplotlib.pyplot as plt
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import tpconv_lite
+from tpconv_lite.diffusion import (
+    ca_dihedrals,
+    chain_features,
+    handedness,
+    ideal_helix,
+    noised_batch,
+    sample_chains,
+    toy_chains,
+    toy_model_config,
+    train_score_model,
+)
+from tpconv_lite.graph import scatter
+from tpconv_lite.score_model import ChainBatch, ResiLevelTensorProductScoreModel, ScoreModelConfig
+from tpconv_lite.testing import check_equivariance, default_dtype
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+torch.manual_seed(0)
+print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_lite.__version__}, device {device}")
+
+# %% [markdown]
+# This chapter runs on the CPU even where `device` is a GPU: its chains have eight residues, far too few to keep a
+# GPU busy, and the package's toy training and sampling functions create their tensors on the CPU. The settings are
+# the same everywhere, and the whole chapter takes about a minute and a half on one CPU core.
+#
+# ## Goals
+#
+# By the end of this chapter you can
+# 1. follow a batch of chains through EigenFold's score model with the shape of every tensor: the time embedding,
+#    the layer norms, the embeddings of edge lengths and sequence offsets, the embedding MLPs, the conv layers and
+#    their irreps, and the final tensor product;
+# 2. say what the `parity` option does: why the mean of a `1o` and a `1e` vector turns with the chain but does not
+#    reflect with it, and check both with `check_equivariance`;
+# 3. set up a toy diffusion (noised ideal helices, a variance-exploding forward process), train the model with
+#    EigenFold's loss, and compare it with the loss of predicting zero;
+# 4. sample chains by integrating the reverse-time SDE and measure their handedness;
+# 5. run the chirality experiment: one model with `parity`, one without, trained the same way, and what each samples.
+#
+# EigenFold's code and this book's, side by side:
+#
+# | EigenFold | tpconv_lite |
+# |---|---|
+# | `args` from `utils/parsing.py` | `ScoreModelConfig`, same names and defaults (an EigenFold `Namespace` works too) |
+# | `data['resi']` of a PyG `HeteroData` | `ChainBatch`, whose `data['resi']` is a `ResidueGraph` with the same fields |
+# | `model/utils.py`: `sinusoidal_embedding`, `GaussianFourierProjection`, `get_timestep_embedding` | `tpconv_lite.embeddings`, with odd sizes fixed |
+# | `model/utils.py`: `GaussianSmearing` | `tpconv_lite.radial.GaussianSmearing` (chapter 2) |
+# | `irrep_seq` of `(l, p)` pairs, filled to `[(mul, (l, p)), ...]` | `IRREP_SEQUENCES` of `"0e"`, `"1o"`, ..., filled to `o3.Irreps` |
+# | `utils/training.py`: `loss_func` | `tpconv_lite.diffusion.score_matching_loss` |
+# | a harmonic SDE, OmegaFold embeddings as features | a toy: `VESDE` on ideal helices, one-hot features (teaching only) |
+
+# %% [markdown]
+# ## The task: one vector per residue
+#
+# The model receives the noised positions $x_t$ of the $N$ alpha carbons ("CA") of a chain, with the noise level,
+# and returns an `(N, 3)` tensor. In score-based diffusion {footcite:p}`song2021score` this is the score
+# $\nabla_x \log p_t(x_t)$ of the noised data distribution; a sampler that follows it carries noise back to data.
+# Two symmetries shape it. Rotating a chain does not change how likely it is, so the score must rotate with the chain
+# (and moving the chain changes nothing). Mirroring a chain is different: the alpha helices of natural proteins
+# are right-handed, made of left-handed (L) amino acids, and their mirror images do not occur. A model that is
+# symmetric under reflections cannot know this. EigenFold's option `parity` decides which of the two the model is.
+#
+# ```{admonition} A teaching setting
+# :class: note
+# EigenFold diffuses with a *harmonic* SDE, whose noise respects the chain's bonds, and conditions on OmegaFold's
+# language-model embeddings of the sequence. This chapter trains the same model in a toy setting that fits in a
+# minute on a CPU: short ideal helices, a plain variance-exploding diffusion, one-hot features. What carries over is
+# the model, its input format, the scaling by `score_norm` and the loss.
+# ```
+#
+# ## Toy chains
+#
+# An ideal alpha helix puts residue $k$ at angle $100°\,k$ around the axis (3.6 residues per turn), at height
+# $1.5\,k$ Å, at 2.3 Å from the axis: consecutive CAs are then 3.83 Å apart, close to the real 3.8 Å. Its
+# handedness shows in the *pseudo-dihedral* angle of four consecutive CAs: about $+50°$ all along a right-handed
+# helix, $-50°$ along its mirror image. `handedness` averages the sine of these angles: about $+0.77$ for the ideal
+# helix, $-0.77$ for its mirror image.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+n_residues = 8
+helix = ideal_helix(n_residues)  # (8, 3) Å, float64, centred
+mirror_helix = ideal_helix(n_residues, right_handed=False)
+bonds = (helix[1:] - helix[:-1]).norm(dim=1)
+print("positions:", tuple(helix.shape), "| CA-CA distances (Å):", sorted({round(float(d), 2) for d in bonds}))
+print("dihedrals (degrees), right-handed:", ca_dihedrals(helix).round().tolist())
+print("dihedrals (degrees), mirror image:", ca_dihedrals(mirror_helix).round().tolist())
+print(f"handedness: {float(handedness(helix)):+.2f} and {float(handedness(mirror_helix)):+.2f}")
+
+# %% [markdown]
+# The training set: 256 copies of the 8-residue helix, each with 0.1 Å of Gaussian noise on every coordinate,
+# centred and turned by a random rotation (a proper one: no copy is mirrored). Every one of them is right-handed:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+chains = toy_chains(256, n_residues, generator=torch.Generator().manual_seed(123))  # 256 tensors (8, 3), float32
+kinds = ["helix"] * len(chains)
+print("chains:", len(chains), "x", tuple(chains[0].shape), chains[0].dtype)
+print("all right-handed:", bool((handedness(torch.stack(chains)) > 0).all()))
+
+# %% [markdown]
+# EigenFold's residues carry OmegaFold embeddings, 256 numbers per residue and 128 per pair of residues. Ours carry
+# stand-ins, two numbers each (`chain_features`): per residue a one-hot chain kind (helix or hairpin; every chain
+# here is a helix), per pair $(i, j)$ whether the two residues are bonded and whether $i$ comes before $j$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+node_features, pair_features = chain_features(n_residues, "helix")
+print("node features:", tuple(node_features.shape), "residue 0:", node_features[0].tolist())
+print("pair features:", tuple(pair_features.shape), "pair (0, 1):", pair_features[0, 1].tolist(),
+      "pair (1, 0):", pair_features[1, 0].tolist(), "pair (0, 5):", pair_features[0, 5].tolist())
+
+# %% [markdown]
+# ## Noise: a variance-exploding forward process
+#
+# Diffusion time $t$ runs from 0 to 1. The forward process adds Gaussian noise of growing scale
+# {footcite:p}`song2021score`:
+#
+# $$
+# x_t = x_0 + \sigma(t)\, z, \qquad \sigma(t) = \sigma_\text{min}^{1-t}\, \sigma_\text{max}^{t},
+# $$
+#
+# from $\sigma_\text{min} = 0.2$ Å, a blur of the data, to $\sigma_\text{max} = 5$ Å, more than the size of the
+# chain (its CAs lie 4.1 Å from its centre, root mean square), so that at $t = 1$ little of its shape is left. (The
+# package's default is 8 Å; with 5 Å fewer of the training steps go to noise levels where there is little to learn,
+# and in our trials the model learned the handedness of the helices in fewer steps.) The noise $z$ is standard
+# normal with the mean of each chain subtracted: the model sees only relative positions and could not predict a
+# shift of the centre. The score of this Gaussian kernel is
+# $\nabla \log p(x_t \mid x_0) = -(x_t - x_0)/\sigma^2 = -z/\sigma$, and denoising score matching
+# {footcite:p}`vincent2011connection` trains the network to predict it. Its size changes by a factor of 25 across
+# the noise levels, so EigenFold divides it out: `score_norm` is the root mean square of one coordinate of the true
+# score, $\sqrt{(n-1)/n}\,/\,\sigma$ for a chain of $n$ residues (centring removes one of the $n$ degrees of freedom
+# per coordinate), the model multiplies its output by it, and the network itself predicts numbers of order one. The
+# package's class:
+
+# %%
+# Package code: tpconv_lite.diffusion.VESDE
+class VESDE:
+    """Variance-exploding diffusion ``x_t = x_0 + sigma(t) z``, ``sigma(t) = sigma_min^(1-t) sigma_max^t``.
+
+    Noise is centred per chain (see the module docstring). Times ``t`` lie in [0, 1].
+
+    Args:
+        sigma_min: noise scale (Å) at t = 0, > 0; samples keep about this much noise.
+        sigma_max: noise scale (Å) at t = 1, > sigma_min; about the size of a chain (8 Å suits 8 residues).
+    """
+
+    def __init__(self, sigma_min: float = 0.2, sigma_max: float = 8.0) -> None:
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """Noise scale at time ``t`` (any shape)."""
+        return self.sigma_min ** (1 - t) * self.sigma_max**t
+
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion coefficient ``d sigma^2 / dt = 2 sigma(t)^2 log(sigma_max / sigma_min)``."""
+        return 2 * self.sigma(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
+
+    def score_norm(self, t: Tensor, n_residues: Tensor) -> Tensor:
+        """Root mean square of one coordinate of the true score: ``sqrt((n - 1) / n) / sigma(t)``."""
+        return torch.sqrt((n_residues - 1) / n_residues) / self.sigma(t)
+
+    def centred_noise(self, like: Tensor, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal noise shaped like ``like`` (N, 3), minus its mean over each chain of ``batch``."""
+        z = torch.randn(like.shape, generator=generator, dtype=like.dtype)
+        return z - scatter(z, batch, reduce="mean")[batch]
+
+    def perturb(
+        self, x0: Tensor, t: Tensor, batch: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Sample ``x_t`` from ``x_0`` and return it with the score of the kernel.
+
+        Args:
+            x0: (N, 3) clean positions of B stacked chains.
+            t: (B,) time of each chain.
+            batch: (N,) chain of each residue.
+            generator: random generator.
+
+        Returns:
+            x_t: (N, 3) noised positions; score: (N, 3) ``-(x_t - x_0) / sigma^2``.
+        """
+        sigma = self.sigma(t)[batch][:, None]
+        z = self.centred_noise(x0, batch, generator)
+        return x0 + sigma * z, -z / sigma
+
+
+# %% [markdown]
+# `score_norm` is what it claims to be: over all 256 chains noised to the same time, the root mean square of the
+# score's coordinates divided by `score_norm` is 1 (to sampling error), at every noise level.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+sde = VESDE(sigma_min=0.2, sigma_max=5.0)
+x0 = torch.cat(chains)  # (2048, 3)
+batch = torch.arange(len(chains)).repeat_interleave(n_residues)  # (2048,) chain of each residue
+generator = torch.Generator().manual_seed(0)
+for t in (0.0, 0.5, 1.0):
+    t_chains = torch.full((len(chains),), t)
+    x_t, score = sde.perturb(x0, t_chains, batch, generator)
+    norm = sde.score_norm(t_chains, torch.tensor(float(n_residues)))[batch]
+    ratio = score.pow(2).mean(dim=1).div(norm.pow(2)).mean().sqrt()
+    print(f"t = {t}: sigma = {float(sde.sigma(torch.tensor(t))):.2f} Å, "
+          f"rms(score) / score_norm within 3% of 1: {bool(abs(ratio - 1) < 0.03)}")
+package_sde = tpconv_lite.diffusion.VESDE(sigma_min=0.2, sigma_max=5.0)
+n = torch.tensor(float(n_residues))
+print("the package's VESDE agrees:", torch.equal(package_sde.score_norm(t_chains, n), sde.score_norm(t_chains, n)))
+
+# %% [markdown]
+# `noised_batch` does the rest: it draws noise for a list of chains at their times, builds their features, and
+# packs everything into a `ChainBatch`, the model's input. Its fields are the ones EigenFold reads from
+# `data['resi']`: every ordered pair of residues of a chain is an edge (EigenFold's residue graphs are complete too),
+# `edge_attr_` holds the pair features of both directions, and `node_t` gives every residue its chain's noise
+# level. (EigenFold's `node_t` is a time of its harmonic SDE; here it is $\sigma(t)^2$.) Two chains, at an early and a
+# late time:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+t_pair = torch.tensor([0.3, 0.8])
+data, score = noised_batch(chains[:2], kinds[:2], t_pair, sde, torch.Generator().manual_seed(1))
+resi = data["resi"]
+for name in ("pos", "node_attr", "edge_index", "edge_attr_", "node_t", "batch"):
+    print(f"data['resi'].{name:10s} {tuple(getattr(resi, name).shape)}")
+print(f"data.score_norm          {tuple(data.score_norm.shape)} | true score {tuple(score.shape)}")
+print("node_t == sigma(t)^2 of each residue's chain:", torch.allclose(resi.node_t, sde.sigma(t_pair)[resi.batch] ** 2))
+
+# %% [markdown]
+# ## The model, piece by piece
+#
+# `ScoreModelConfig` holds EigenFold's hyperparameters under their names. `toy_model_config` shrinks them for the
+# toy chains: three conv layers instead of six, 16 scalars and 8 copies of each other irrep per node, two-number
+# features, and a time range that matches our $\sigma$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+config = toy_model_config(sde)
+eigenfold = ScoreModelConfig()
+print(f"{'hyperparameter':17s} {'EigenFold':>10s} {'here':>8s}")
+for field in dataclasses.fields(config):
+    ours, theirs = getattr(config, field.name), getattr(eigenfold, field.name)
+    if ours != theirs:
+        print(f"{field.name:17s} {theirs:>10g} {ours:>8g}")
+
+# %% [markdown]
+# The model, and where its parameters are:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+model = ResiLevelTensorProductScoreModel(config).eval()
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+for name, module in model.named_children():
+    if name == "conv_layers":
+        for i, layer in enumerate(module):
+            print(f"conv_layers[{i}]{'':9s} {count(layer):6d}")
+    else:
+        print(f"{name:24s} {count(module):6d}")
+print(f"{'total':24s} {count(model):6d}")
+
+# %% [markdown]
+# We now compute the forward pass by hand on the two-chain batch, in the model's own order, and compare with the
+# model at the end. Write $N = 16$ residues and $E = 112$ edges.
+#
+# ### Step 1: the time embedding
+#
+# The noise level enters through its logarithm, mapped onto $[0, 10000]$: EigenFold embeds
+# $10000 \log(t / t_\text{min}) / \log(t_\text{max} / t_\text{min})$, and `toy_model_config` sets $t_\text{min},
+# t_\text{max}$ to $\sigma_\text{min}^2, \sigma_\text{max}^2$ so that our range fills it. The embedding is the
+# sinusoidal one of transformers and DDPM {footcite:p}`ho2020ddpm`: $\sin(x\, w_k)$ and $\cos(x\, w_k)$ for
+# `dim // 2` frequencies $w_k$ from 1 down to $1/10000$. EigenFold's `model/utils.py` means to pad an odd size with
+# a zero column, but calls `F.pad` without importing `F`, so odd sizes fail there; its random-Fourier alternative
+# (which also uses an unimported `np`) would return one column short. The package pads both. Its code, with three
+# small helpers:
+
+# %%
+# Package code: tpconv_lite.embeddings._check_dim
+def _check_dim(embedding_dim: int, minimum: int) -> None:
+    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < minimum:
+        raise ValueError(f"embedding_dim must be an integer >= {minimum}, got {embedding_dim!r}")
+
+
+# %%
+# Package code: tpconv_lite.embeddings._check_values
+def _check_values(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 1:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a 1-D tensor of shape (N,), got {shape}")
+
+
+# %%
+# Package code: tpconv_lite.embeddings._pad_odd
+def _pad_odd(emb: Tensor, embedding_dim: int) -> Tensor:
+    """Append a zero column when ``embedding_dim`` is odd."""
+    return F.pad(emb, (0, embedding_dim % 2))
+
+
+# %%
+# Package code: tpconv_lite.embeddings.sinusoidal_embedding
+def sinusoidal_embedding(timesteps: Tensor, embedding_dim: int, max_positions: float = 10000) -> Tensor:
+    """Transformer-style sinusoidal embedding of a scalar per row.
+
+    Column ``k < half`` holds ``sin(x w_k)``, column ``half + k`` holds ``cos(x w_k)``, with ``half = dim // 2``
+    and ``w_k = exp(-k log(max_positions) / (half - 1))``. Inputs are meant to lie in ``[0, max_positions]``.
+
+    Args:
+        timesteps: (N,) values; integer tensors are embedded in the default float dtype.
+        embedding_dim: number of output columns, >= 4 (the frequency spacing needs ``half >= 2``); odd sizes
+            end with a zero column.
+        max_positions: the period scale: the slowest frequency is ``1 / max_positions``.
+
+    Returns:
+        (N, embedding_dim) tensor in the dtype of ``timesteps`` (or the default float dtype).
+
+    Example:
+        >>> sinusoidal_embedding(torch.tensor([0.0]), 4)
+        tensor([[0., 0., 1., 1.]])
+    """
+    _check_values(timesteps, "timesteps")
+    _check_dim(embedding_dim, 4)
+    if not max_positions > 1:
+        raise ValueError(f"max_positions must be > 1, got {max_positions}")
+    x = timesteps if timesteps.is_floating_point() else timesteps.to(torch.get_default_dtype())
+    half = embedding_dim // 2
+    step = math.log(max_positions) / (half - 1)
+    frequencies = torch.exp(-step * torch.arange(half, dtype=x.dtype, device=x.device))
+    angles = x[:, None] * frequencies[None, :]
+    return _pad_odd(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1), embedding_dim)
+
+
+# %% [markdown]
+# The random-Fourier alternative {footcite:p}`tancik2020fourier`, used by score SDEs, draws its frequencies once and
+# never trains them; `get_timestep_embedding` picks one of the two by name:
+
+# %%
+# Package code: tpconv_lite.embeddings.GaussianFourierProjection
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of a scalar: ``[sin(2 pi x W), cos(2 pi x W)]``.
+
+    ``W`` holds ``embedding_size // 2`` frequencies drawn once from ``N(0, scale**2)``. It is a parameter with
+    ``requires_grad=False`` (as in EigenFold), so it is saved in the ``state_dict`` but never trained.
+
+    Args:
+        embedding_size: number of output columns, >= 2; odd sizes end with a zero column.
+        scale: standard deviation of the frequencies.
+
+    Example:
+        >>> GaussianFourierProjection(8)(torch.rand(5)).shape
+        torch.Size([5, 8])
+    """
+
+    def __init__(self, embedding_size: int = 256, scale: float = 1.0) -> None:
+        super().__init__()
+        _check_dim(embedding_size, 2)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.embedding_size = embedding_size
+        self.W = nn.Parameter(torch.randn(embedding_size // 2) * scale, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed ``x`` (N,) as (N, embedding_size)."""
+        _check_values(x, "x")
+        angles = x[:, None] * self.W[None, :] * 2 * math.pi
+        return _pad_odd(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1), self.embedding_size)
+
+
+# %%
+# Package code: tpconv_lite.embeddings.get_timestep_embedding
+def get_timestep_embedding(
+    embedding_type: str, embedding_dim: int, embedding_scale: float = 10000
+) -> Callable[[Tensor], Tensor]:
+    """The timestep embedding called ``embedding_type``: a function from (N,) to (N, embedding_dim).
+
+    Args:
+        embedding_type: ``"sinusoidal"`` (:func:`sinusoidal_embedding` with ``max_positions=embedding_scale``) or
+            ``"fourier"`` (:class:`GaussianFourierProjection` with ``scale=embedding_scale``, as in EigenFold).
+        embedding_dim: number of output columns.
+        embedding_scale: see ``embedding_type``.
+
+    Returns:
+        A picklable callable; for ``"fourier"`` an ``nn.Module`` (register it in a model to save its ``W``).
+    """
+    if embedding_type == "sinusoidal":
+        _check_dim(embedding_dim, 4)
+        return partial(sinusoidal_embedding, embedding_dim=embedding_dim, max_positions=embedding_scale)
+    if embedding_type == "fourier":
+        return GaussianFourierProjection(embedding_size=embedding_dim, scale=embedding_scale)
+    raise ValueError(f"embedding_type must be 'sinusoidal' or 'fourier', got {embedding_type!r}")
+
+
+# %% [markdown]
+# The two chains' noise levels, embedded in `t_emb_dim = 16` columns; the smallest and largest levels land on 0 and
+# 10000; and odd sizes now keep their size:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def scaled_log_time(node_t: Tensor, config: ScoreModelConfig) -> Tensor:
+    """EigenFold's map of the noise level onto [0, 10000]: 10000 log(t / tmin) / log(tmax / tmin)."""
+    return 10000 * (torch.log(node_t / config.tmin) / math.log(config.tmax / config.tmin))
+
+
+t_emb_func = get_timestep_embedding(config.t_emb_type, config.t_emb_dim)
+node_t_emb = t_emb_func(scaled_log_time(resi.node_t, config))  # (N, 16)
+ends = scaled_log_time(torch.tensor([sde.sigma_min, sde.sigma_max]) ** 2, config)
+print("node_t_emb:", tuple(node_t_emb.shape), "| sigma_min^2, sigma_max^2 ->", ends.round().tolist())
+print("the same as the model's:", torch.allclose(node_t_emb, model.t_emb_func(scaled_log_time(resi.node_t, config))))
+x = torch.linspace(0, 10000, 3)
+print("sinusoidal, 5 columns:", tuple(sinusoidal_embedding(x, 5).shape), "| last column zero:",
+      bool((sinusoidal_embedding(x, 5)[:, -1] == 0).all()))
+print("fourier, 5 columns:", tuple(get_timestep_embedding("fourier", 5)(x).shape))
+
+# %% [markdown]
+# ### Step 2: node features
+#
+# The node input is the time embedding next to the residue features, normalised by a `LayerNorm`
+# {footcite:p}`ba2016layer` (in EigenFold the OmegaFold embeddings vary in scale; the norm brings each residue's
+# vector to zero mean and unit variance, then applies a learned scale and shift):
+# `cat(node_t_emb, LayerNorm(node_attr))`, $(N, 16 + 2)$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+node_in = torch.cat([node_t_emb, model.resi_node_norm(resi.node_attr)], dim=1)
+print("node input:", tuple(node_in.shape))
+
+# %% [markdown]
+# ### Step 3: edge features
+#
+# Every edge $j \to i$ gets four invariant pieces, in this order:
+#
+# - its **length**, embedded by Gaussians (`GaussianSmearing`, chapter 2) placed evenly on the *square root* of the
+#   length, from 0 to $\sqrt{20\text{ Å}}$ here ($\sqrt{50\text{ Å}}$ in EigenFold). Evenly spaced in $\sqrt{r}$ means
+#   finely spaced at short distances, where bonds and contacts are, and coarsely at long ones;
+# - its **sequence offset** $i - j$ (`dst - src`), embedded by `sinusoidal_embedding` in `resi_pos_emb_dim = 16`
+#   columns. The sine half changes sign with the direction along the chain, the cosine half does not, so the model
+#   knows which of two residues comes first;
+# - the **time embedding** of the source residue;
+# - the **pair features** of both directions, through a second `LayerNorm`.
+#
+# The spacing of the Gaussians, converted back to Å, at a bond and across the chain:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("distance_expansion:", model.distance_expansion.offset.shape[0], "Gaussians on sqrt(length), from 0 to",
+      round(model.radius_max, 2), "(sqrt Å)")
+spacing = float(model.distance_expansion.offset[1] - model.distance_expansion.offset[0])  # in sqrt(Å)
+for r in (3.8, 15.0):
+    print(f"at r = {r:4} Å neighbouring Gaussians are {2 * math.sqrt(r) * spacing:.2f} Å apart")
+
+# %% [markdown]
+# (From $d\sqrt{r} = dr / (2\sqrt r)$: a step of `spacing` in $\sqrt r$ is a step of $2\sqrt r \cdot$ `spacing` in
+# $r$.) The offsets, and the symmetry of their embedding:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+src, dst = resi.edge_index
+offset = dst - src  # (E,) between -7 and 7
+offset_emb = sinusoidal_embedding(offset.float(), config.resi_pos_emb_dim)  # (E, 16)
+half = config.resi_pos_emb_dim // 2
+backwards = sinusoidal_embedding(-offset.float(), config.resi_pos_emb_dim)
+print("offsets from", int(offset.min()), "to", int(offset.max()), "| embedding:", tuple(offset_emb.shape))
+print("i - j -> j - i flips the sines:", torch.allclose(backwards[:, :half], -offset_emb[:, :half]),
+      "| keeps the cosines:", torch.allclose(backwards[:, half:], offset_emb[:, half:]))
+
+# %% [markdown]
+# The four pieces together, with the spherical harmonics of the edge vectors $r_{ij} = x_j - x_i$ (chapter 3), are
+# what `model.build_conv_graph` returns:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+edge_vec = resi.pos[src] - resi.pos[dst]  # (E, 3)
+length_emb = model.distance_expansion(edge_vec.norm(dim=1).sqrt())  # (E, 32)
+edge_in = torch.cat([length_emb, offset_emb, node_t_emb[src], model.resi_edge_norm(resi.edge_attr_)], dim=1)
+edge_sh = o3.spherical_harmonics(model.sh_irreps, edge_vec, normalize=True, normalization="component")  # (E, 9)
+print("length:", tuple(length_emb.shape), "+ offset:", tuple(offset_emb.shape), "+ time:",
+      tuple(node_t_emb[src].shape), "+ pairs:", tuple(resi.edge_attr_.shape), "-> edge input:", tuple(edge_in.shape))
+print("edge_sh:", tuple(edge_sh.shape), model.sh_irreps)
+with torch.no_grad():
+    graph = model.build_conv_graph(data)
+print("the same as build_conv_graph:",
+      all(torch.allclose(a, b) for a, b in zip((node_in, resi.edge_index, edge_in, edge_sh), graph)))
+
+# %% [markdown]
+# ### Step 4: the embedding MLPs
+#
+# Two MLPs, three linear layers each with ReLUs between them, turn these into `resi_ns = 16` scalars per node and per
+# edge. Everything so far is invariant: the only geometric inputs are lengths. Directions enter in the next step,
+# through `edge_sh`.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    h = model.resi_node_embedding(node_in)  # (N, 16): the node features, 16x0e
+    edge_emb = model.resi_edge_embedding(edge_in)  # (E, 16)
+print(model.resi_node_embedding)
+print("node features:", tuple(h.shape), "| edge features:", tuple(edge_emb.shape))
+
+# %% [markdown]
+# ### Step 5: the conv layers
+#
+# The node features then pass through `resi_conv_layers` `TensorProductConvLayer`s (chapter 8). Their irreps follow
+# a fixed sequence, chosen by `order`: with `order=1`, `0e -> 0e+1o -> 0e+1o+1e -> 0e+1o+1e+0o`, repeating the last
+# entry when there are more layers; with `order=2`, the same with `2e` and `2o` added. Scalars `0e` get multiplicity
+# `resi_ns` in the node features and `resi_ntps` inside the tensor product, every other irrep `resi_nv` and
+# `resi_ntpv`. EigenFold writes the sequence as `(l, p)` pairs and fills in the multiplicities as
+# `[(mul, (l, p)), ...]`, a list that `o3.Irreps` still accepts (chapter 1's `Rs` lists, one step later in history):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{'layer':5s} {'in_irreps':22s} {'tensor product: in -> out':36s} out_irreps")
+for i, layer in enumerate(model.conv_layers):
+    tp_in, tp_out = layer.lin_in.irreps_out, layer.tp.irreps_out
+    print(f"{i:<5d} {str(layer.in_irreps):22s} {str(tp_in) + ' -> ' + str(tp_out):36s} {layer.out_irreps}")
+eigenfold_style = [(16, (0, 1)), (8, (1, -1)), (8, (1, 1)), (8, (0, -1))]  # fill_mults(ns, nv, irrep_seq[3])
+print("EigenFold's list == the last out_irreps:", o3.Irreps(eigenfold_style) == model.conv_layers[-1].out_irreps)
+
+# %% [markdown]
+# Each layer computes its tensor-product weights with its MLP `fc` from `3 * resi_ns` invariants per edge:
+# the embedded edge features of step 4 and the current scalars of both ends, `cat(edge_emb, h[src, :ns],
+# h[dst, :ns])`. The first `ns` columns of the node features are always their `0e` part, since every entry of the
+# sequence starts with `0e`. These scalars change from layer to layer, so the edge features do too: the
+# nonlinearity of chapter 8, recomputed at each layer.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+ns = config.resi_ns
+with torch.no_grad():
+    for i, layer in enumerate(model.conv_layers):
+        layer_edge_attr = torch.cat([edge_emb, h[src, :ns], h[dst, :ns]], dim=1)  # (E, 48)
+        h = layer(h, resi.edge_index, layer_edge_attr, edge_sh)
+        print(f"layer {i}: edge features {tuple(layer_edge_attr.shape)} -> node features {tuple(h.shape)}")
+
+# %% [markdown]
+# ### Step 6: the final tensor product
+#
+# One vector per residue comes from a tensor product of the node features with *themselves*,
+# `o3.FullyConnectedTensorProduct(out_irreps, out_irreps, "1x1o + 1x1e")`, with learned weights shared by all
+# residues. With `parity=True` (EigenFold's default) it outputs a vector `1o` and a pseudovector `1e`, six numbers,
+# and the model returns their mean. With `parity=False` it outputs `1x1o` alone. These are its paths:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+final_tp = model.resi_final_tp
+for target in ("1o", "1e"):
+    paths = [f"{final_tp.irreps_in1[ins.i_in1].ir} x {final_tp.irreps_in2[ins.i_in2].ir}"
+             for ins in final_tp.instructions if final_tp.irreps_out[ins.i_out].ir == o3.Irrep(target)]
+    print(f"-> {target}: {', '.join(paths)}")
+print("weights:", final_tp.weight_numel)
+
+# %% [markdown]
+# Among them, `1o x 1o -> 1e` is a cross product of two vectors, and `0o x 1o -> 1e` a pseudoscalar (the `0o`
+# channels of the last layer) times a vector. Then the mean of the two halves and the scaling by `score_norm`, and
+# the hand computation meets the model:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():
+    out = final_tp(h, h)  # (N, 6): a 1o and a 1e vector per residue
+    pred_by_hand = out.view(-1, 2, 3).mean(dim=1) * data.score_norm[resi.batch][:, None]  # (N, 3)
+    pred = model(data)
+print("final tp:", tuple(out.shape), final_tp.irreps_out, "-> prediction:", tuple(pred_by_hand.shape))
+print("by hand == model(data):", torch.allclose(pred_by_hand, pred, atol=1e-6))
+
+# %% [markdown]
+# ## Equivariance, and what `parity` changes
+#
+# Rotate the chain, and the predicted score must rotate with it. Under a rotation, a `1o` vector and a `1e`
+# pseudovector transform alike, by the rotation matrix, so their mean does too. Under the inversion
+# $x \mapsto -x$ they part ways: the vector changes sign, the pseudovector does not (chapter 1). Their mean is
+# then neither: with `parity=True` the model should rotate its output with the chain but not mirror it.
+#
+# The checks run in float64, on models built in `with default_dtype(torch.float64):`, with the same hyperparameters as
+# above. A helper feeds positions to a model with the rest of a batch fixed:
+
+# %%
+def with_positions(data: ChainBatch, pos: Tensor) -> ChainBatch:
+    """A copy of `data` with its positions replaced by pos (N, 3)."""
+    return dataclasses.replace(data, resi=dataclasses.replace(data.resi, pos=pos))
+
+
+def predictor(model: nn.Module, data: ChainBatch) -> Callable[[Tensor], Tensor]:
+    """pos (N, 3) -> the model's predicted score (N, 3) for `data` at positions pos."""
+    return lambda pos: model(with_positions(data, pos))
+
+
+with default_dtype(torch.float64):
+    models64 = {}
+    for parity in (True, False):
+        torch.manual_seed(1)
+        models64[parity] = ResiLevelTensorProductScoreModel(toy_model_config(sde, parity=parity)).eval()
+chains64 = [c.double() for c in chains[:2]]
+data64, _ = noised_batch(chains64, kinds[:2], torch.tensor([0.3, 0.8], dtype=torch.float64), sde,
+                         torch.Generator().manual_seed(1))
+pos64 = data64.resi.pos
+
+# %% [markdown]
+# Rotations first (`inversion=False`): both models are equivariant.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rotation_reports = {}
+for parity, model64 in models64.items():
+    rotation_reports[parity] = check_equivariance(predictor(model64, data64), [pos64], ["cartesian_points"], "1x1o",
+                                                  inversion=False)
+    print(f"parity={parity}, rotations:", rotation_reports[parity])
+
+# %% [markdown]
+# Now with rotoinversions too (the checker's default, every second trial an improper element). The parity-free
+# model passes; the parity model fails, as it should:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+inversion_reports = {}
+for parity, model64 in models64.items():
+    inversion_reports[parity] = check_equivariance(predictor(model64, data64), [pos64], ["cartesian_points"],
+                                                   "1x1o")
+    print(f"parity={parity}, rotations and inversions:", inversion_reports[parity])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for parity in (True, False):
+    print(f"parity={parity}, rotations:", rotation_reports[parity].details())
+    print(f"parity={parity}, rotations and inversions:", inversion_reports[parity].details())
+
+# %% [markdown]
+# The failure is not sloppiness: before the mean, the six numbers of the final tensor product are a perfectly
+# equivariant `1x1o + 1x1e`, inversions included. It is the mean that mixes a vector with a pseudovector.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def final_tp_output(model: ResiLevelTensorProductScoreModel, data: ChainBatch) -> Tensor:
+    """(N, 6) output of the final tensor product, before the mean: steps 1 to 6 by the model's own modules."""
+    node_in, edge_index, edge_in, edge_sh = model.build_conv_graph(data)
+    h, edge_emb = model.resi_node_embedding(node_in), model.resi_edge_embedding(edge_in)
+    src, dst = edge_index
+    ns = model.args.resi_ns
+    for layer in model.conv_layers:
+        h = layer(h, edge_index, torch.cat([edge_emb, h[src, :ns], h[dst, :ns]], dim=1), edge_sh)
+    return model.resi_final_tp(h, h)
+
+
+print("parity=True, before the mean:", check_equivariance(
+    lambda pos: final_tp_output(models64[True], with_positions(data64, pos)), [pos64], ["cartesian_points"],
+    "1x1o + 1x1e",
+))
+
+# %% [markdown]
+# ## Training
+#
+# EigenFold's loss compares the predicted score with the true one, coordinate by coordinate, in units of
+# `score_norm`: $\operatorname{mean}\big((s - \hat s)^2 / \mathrm{score\_norm}^2\big)$. Predicting zero gives
+# $\operatorname{mean}(s^2 / \mathrm{score\_norm}^2)$, about 1 by the definition of `score_norm`: EigenFold logs it
+# next to the loss as `base_loss`, the baseline that a model must beat.
+
+# %%
+# Package code: tpconv_lite.diffusion.score_matching_loss
+def score_matching_loss(score: Tensor, pred: Tensor, score_norm: Tensor) -> tuple[Tensor, Tensor]:
+    """EigenFold's loss and the loss of predicting zero.
+
+    Args:
+        score: (N, 3) true score.
+        pred: (N, 3) predicted score.
+        score_norm: (N,) score scale of each residue's chain, > 0.
+
+    Returns:
+        loss ``mean((score - pred)^2 / score_norm^2)`` and base loss ``mean(score^2 / score_norm^2)``, 0-d tensors.
+    """
+    if score.dim() != 2 or score.shape[1] != 3 or pred.shape != score.shape or score_norm.shape != score.shape[:1]:
+        raise ValueError(
+            f"need score (N, 3), pred (N, 3) and score_norm (N,), got {tuple(score.shape)}, "
+            f"{tuple(pred.shape)}, {tuple(score_norm.shape)}"
+        )
+    if not bool((score_norm > 0).all()):
+        raise ValueError("score_norm must be positive (the loss divides by it)")
+    norm2 = score_norm[:, None] ** 2
+    return ((score - pred) ** 2 / norm2).mean(), (score**2 / norm2).mean()
+
+
+# %% [markdown]
+# On 256 chains at random times, the untrained model does worse than zero (its outputs are of order one in units of
+# `score_norm`, in random directions), and the baseline is close to 1:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+generator = torch.Generator().manual_seed(2)
+data_all, score_all = noised_batch(chains, kinds, torch.rand(len(chains), generator=generator), sde, generator)
+with torch.no_grad():
+    pred_all = model(data_all)  # (2048, 3)
+norm_all = data_all.score_norm[data_all.resi.batch]  # (2048,)
+loss, base_loss = score_matching_loss(score_all, pred_all, norm_all)
+print("base loss within 0.05 of 1:", bool(abs(base_loss - 1) < 0.05),
+      "| untrained loss above it:", bool(loss > base_loss))
+package_loss = tpconv_lite.diffusion.score_matching_loss(score_all, pred_all, norm_all)
+print("the package's loss agrees:", torch.equal(package_loss[0], loss) and torch.equal(package_loss[1], base_loss))
+
+# %% [markdown]
+# `train_score_model` runs EigenFold's training step on the toy data: draw a batch of chains (with replacement) and
+# a uniform time for each, noise them, and take one Adam step on the loss, with the gradient norm clipped at 1 as
+# in EigenFold. Two settings for speed. The graphs are tiny, so we switch off the layers' gradient checkpointing
+# (chapter 8): memory is no concern, and recomputing the messages would only cost time. And we use one CPU thread:
+# with operations this small, more threads mostly wait for each other, and on a machine shared with other programs
+# they can be many times slower.
+#
+# The learning rate is high: EigenFold trains with $3 \times 10^{-4}$, one protein per step, for days; we take
+# $2 \times 10^{-2}$, about as high as this model tolerates (at $3 \times 10^{-2}$ the loss spiked in our trials),
+# to get far in two thousand steps. Both models of this chapter are trained by the same function, with the
+# same seeds and the same settings:
+
+# %%
+N_STEPS, BATCH_SIZE, LR = 2000, 16, 2e-2
+torch.set_num_threads(1)
+
+
+def train(parity: bool) -> tuple[ResiLevelTensorProductScoreModel, dict[str, list[float]], float]:
+    """A fresh model (seed 0) with the toy config and the given parity, trained on `chains`; and its CPU seconds."""
+    torch.manual_seed(0)
+    model = ResiLevelTensorProductScoreModel(toy_model_config(sde, parity=parity))
+    for layer in model.conv_layers:
+        layer.checkpointing = False
+    start = time.process_time()
+    log = train_score_model(model, sde, chains, kinds, N_STEPS, BATCH_SIZE, LR, seed=0, progress=False)
+    return model, log, time.process_time() - start
+
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+model_parity, log_parity, seconds = train(parity=True)
+tail = N_STEPS // 10
+final_loss = sum(log_parity["loss"][-tail:]) / tail
+final_base = sum(log_parity["base_loss"][-tail:]) / tail
+print(f"{N_STEPS} steps of {BATCH_SIZE} chains in {seconds:.0f} s of CPU time ({1000 * seconds / N_STEPS:.0f} ms/step)")
+print(f"last {tail} steps: loss {final_loss:.3f}, predict-zero baseline {final_base:.3f}")
+
+
+# %%
+def moving_average(values: list[float], window: int = 50) -> Tensor:
+    return torch.tensor(values).unfold(0, window, 1).mean(dim=1)
+
+
+fig, ax = plt.subplots(figsize=(6, 3.2))
+steps = torch.arange(1, N_STEPS + 1)
+ax.plot(steps, log_parity["loss"], color="C0", alpha=0.25, lw=0.7)
+ax.plot(steps[49:], moving_average(log_parity["loss"]), color="C0", label="loss (mean of 50 steps)")
+ax.plot(steps[49:], moving_average(log_parity["base_loss"]), color="grey", ls="--", label="predict zero")
+ax.set_xlabel("training step")
+ax.set_ylabel("loss (units of score_norm²)")
+ax.set_ylim(0, 1.5)
+ax.set_title("Training the parity model on 8-residue helices")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# The loss falls below the baseline within a few dozen steps and then levels off around 0.2 (the training cell
+# prints this run's numbers: they vary a little from machine to machine). It cannot go to zero. The target $-z/\sigma$
+# contains the noise itself, and from $x_t$ alone the best any model can do is its expectation given $x_t$, which
+# is the score of the noised distribution (this is why denoising trains a score {footcite:p}`vincent2011connection`).
+# What remains is the part of the target that $x_t$ does not determine. At the lowest noise levels that is most of
+# the noise, since 0.2 Å of added noise is hard to tell from the 0.1 Å by which the training chains differ from the
+# ideal helix; at high noise it is the clean chain's orientation, hidden under the noise. The loss per noise level,
+# on 32 fresh chains that the model never saw:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+test_chains = toy_chains(32, n_residues, generator=torch.Generator().manual_seed(3))
+for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+    test_data, test_score = noised_batch(test_chains, ["helix"] * 32, torch.full((32,), t), sde,
+                                         torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        loss, base_loss = score_matching_loss(test_score, model_parity(test_data),
+                                              test_data.score_norm[test_data.resi.batch])
+    print(f"sigma = {float(sde.sigma(torch.tensor(t))):.2f} Å: loss {loss:.3f} (predict zero: {base_loss:.3f})")
+
+# %% [markdown]
+# ## Sampling
+#
+# To generate a chain, start from noise at $t = 1$, $x \sim \sigma_\text{max} z$, and integrate the reverse-time SDE
+# {footcite:p}`song2021score` down to $t = 0$ with the learned score in place of the true one. `sample_chains` takes
+# Euler-Maruyama steps of size $\Delta t = 1/100$:
+#
+# $$
+# x \leftarrow x + g(t)^2\, \hat s(x, t)\, \Delta t + g(t) \sqrt{\Delta t}\, z,
+# \qquad g(t)^2 = \frac{d\sigma^2}{dt} = 2 \sigma(t)^2 \log \frac{\sigma_\text{max}}{\sigma_\text{min}},
+# $$
+#
+# with fresh centred noise $z$ at every step: each step follows the score a little and adds a little noise back.
+# (With `ode=True` it integrates the deterministic probability-flow ODE instead, $x \leftarrow x + \tfrac12 g^2 \hat
+# s\, \Delta t$.) A batch of 128 chains at once:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+N_SAMPLES = 128
+start = time.process_time()
+samples_parity = sample_chains(model_parity, sde, N_SAMPLES, n_residues, n_steps=100,
+                               generator=torch.Generator().manual_seed(7))  # (64, 8, 3)
+bond_lengths = (samples_parity[:, 1:] - samples_parity[:, :-1]).norm(dim=-1)
+print(f"{N_SAMPLES} chains in {time.process_time() - start:.1f} s | CA-CA distance {bond_lengths.mean():.2f} "
+      f"± {bond_lengths.std():.2f} Å (training chains: 3.83)")
+
+# %% [markdown]
+# To compare shapes by eye, each chain is turned onto the ideal helix by the *proper* rotation that fits it best
+# (the Kabsch algorithm, with the determinant fixed to +1 so that no chain is mirrored on the way):
+
+# %%
+def align(pos: Tensor, reference: Tensor) -> Tensor:
+    """Centred positions (n, 3) turned by the proper rotation that best fits them onto `reference` (n, 3)."""
+    u, _, vt = torch.linalg.svd(pos.T @ reference.to(pos.dtype))
+    d = torch.sign(torch.linalg.det(u @ vt))  # -1 would be a reflection: flip the last axis instead
+    return pos @ u @ torch.diag(torch.tensor([1.0, 1.0, float(d)], dtype=pos.dtype)) @ vt
+
+
+def draw_chains(axes, chains: list[Tensor], colour: str, label: str) -> None:
+    """One chain per 3D axis, turned onto the ideal helix (grey), seen from the side; a black square on residue 0."""
+    for ax, chain in zip(axes, chains):
+        fitted = align(chain.double(), helix)
+        ax.plot(*helix.T.numpy(), color="lightgrey", lw=4)
+        ax.plot(*fitted.T.numpy(), "-o", color=colour, ms=3)
+        ax.plot(*fitted[:1].T.numpy(), "s", color="black", ms=4)
+        ax.set_title(f"{label}, handedness {float(handedness(chain)):+.2f}", fontsize=8)
+        ax.set(xlim=(-4, 4), ylim=(-4, 4), zlim=(-6, 6), xticks=[-3, 0, 3], yticks=[-3, 0, 3], zticks=[-5, 0, 5])
+        ax.set_box_aspect((1, 1, 1.5))
+        ax.view_init(elev=12, azim=-60)
+        ax.tick_params(labelsize=6, pad=0)
+        for axis, name in zip((ax.xaxis, ax.yaxis, ax.zaxis), "xyz"):
+            axis.set_label_text(f"{name} (Å)", fontsize=7)
+            axis.labelpad = -6
+
+
+fig, axes = plt.subplots(2, 4, figsize=(9, 6.5), subplot_kw=dict(projection="3d"))
+draw_chains(axes[0], chains[:4], "C0", "training")
+draw_chains(axes[1], list(samples_parity[:4]), "C1", "sample")
+fig.suptitle("Training chains (top) and the first samples of the parity model (bottom),\n"
+             "each turned onto the ideal right-handed helix (grey)", fontsize=10)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The model has learned the shape: the samples are compact helices of eight residues with roughly the right
+# spacing (a little shorter and more spread than in the data, the marks of a small model after two thousand
+# steps). But not every sample is right-handed. Those whose handedness is negative cannot be turned onto the
+# grey helix by any rotation: they are helices of the wrong hand, something the training data never contained.
+#
+# ## The chirality experiment
+#
+# How can a model that was only shown right-handed helices produce left-handed ones? For the parity-free model the
+# answer is simple: it cannot avoid it. Its output is E(3)-equivariant, so its score at the mirror image of a chain
+# is the mirror image of its score at the chain, and the sampler, run from mirrored noise, would produce the mirror
+# image of every sample. It gives a chain and its mirror image the same probability, whatever it learned. The
+# parity model is free to prefer one hand, but only through the pseudovector half of its output (the paths into
+# `1e` of step 6): it must *learn* to.
+#
+# The experiment: train the parity-free model exactly as the parity model (same seeds, data and settings), sample
+# 128 chains from each with the same noise, and count the hands. EigenFold itself cannot run it from its command
+# line: its `--parity` flag is declared with `action='store_true'` and `default=True`, so it is always on.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+model_free, log_free, seconds = train(parity=False)
+print(f"parity=False: {N_STEPS} steps in {seconds:.0f} s, loss over the last {tail} steps "
+      f"{sum(log_free['loss'][-tail:]) / tail:.3f} (parity=True: {final_loss:.3f})")
+samples_free = sample_chains(model_free, sde, N_SAMPLES, n_residues, n_steps=100,
+                             generator=torch.Generator().manual_seed(7))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for name, samples in (("parity=True ", samples_parity), ("parity=False", samples_free)):
+    h_samples = handedness(samples)
+    print(f"{name}: right-handed {float((h_samples > 0).float().mean()):.0%}, "
+          f"left-handed {float((h_samples < 0).float().mean()):.0%} of {N_SAMPLES} samples")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.2))
+bins = torch.linspace(-1, 1, 21).numpy()
+ax.hist(handedness(torch.stack(chains)).numpy(), bins=bins, density=True, color="lightgrey", label="training chains")
+ax.hist(handedness(samples_parity).numpy(), bins=bins, density=True, histtype="step", lw=2, label="parity=True")
+ax.hist(handedness(samples_free).numpy(), bins=bins, density=True, histtype="step", lw=2, label="parity=False")
+ax.set_xlabel("handedness (mean sine of the CA dihedrals)")
+ax.set_ylabel("density")
+ax.set_title(f"Handedness of {N_SAMPLES} samples of each model")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# In this run the parity-free model gives about as many left-handed as right-handed samples, and the parity
+# model clearly prefers right-handed helices, but it still makes a fair share of left-handed ones. (The
+# fractions are those of the run that made this page; yours may differ.)
+#
+# The first half of this is a theorem, and it holds to float32 rounding: the parity-free model's score at a
+# mirrored helix is the mirrored score. (Here the mirror is $z \mapsto -z$, an inversion followed by a rotation.)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+reflect = torch.tensor([1.0, 1.0, -1.0])  # the mirror z -> -z
+test_data, _ = noised_batch(test_chains, ["helix"] * 32, torch.full((32,), 0.5), sde, torch.Generator().manual_seed(4))
+with torch.no_grad():
+    pred_free = model_free(test_data)
+    pred_free_mirrored = model_free(with_positions(test_data, test_data.resi.pos * reflect))
+scale = pred_free.abs().max()
+print("parity-free model's score on a mirrored helix equals the mirrored score:",
+      torch.allclose(pred_free_mirrored, pred_free * reflect, atol=1e-4 * scale))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+def mirror_losses(model: nn.Module, t: float) -> tuple[float, float]:
+    """Loss on noised right-handed test helices at time t, and on their mirror images (with the mirrored score)."""
+    data, score = noised_batch(test_chains, ["helix"] * 32, torch.full((32,), t), sde,
+                               torch.Generator().manual_seed(4))
+    norm = data.score_norm[data.resi.batch]
+    with torch.no_grad():
+        right = score_matching_loss(score, model(data), norm)[0]
+        left = score_matching_loss(score * reflect, model(with_positions(data, data.resi.pos * reflect)), norm)[0]
+    return float(right), float(left)
+
+
+for t in (0.3, 0.5, 0.7):
+    sigma = float(sde.sigma(torch.tensor(t)))
+    for name, m in (("parity=True ", model_parity), ("parity=False", model_free)):
+        right, left = mirror_losses(m, t)
+        print(f"sigma = {sigma:.1f} Å, {name}: loss on right-handed {right:.3f}, on their mirror images {left:.3f}")
+
+# %% [markdown]
+# The second half is what training did. Compare each model's loss on noised right-handed test helices with its
+# loss on their mirror images (the mirrored score as the target). The parity-free model's two losses are equal, as
+# the check above implies. The parity model's loss on mirror images is far higher: it has learned that mirrored
+# helices are not what it was trained on. Yet it samples 30% or so left-handed chains. The hand of a sample is
+# decided at intermediate noise, where a noised right-handed helix could as well be a noised left-handed one; at
+# low noise every training chain is right-handed anyway, and at the highest the shape is buried in noise. Only
+# those intermediate levels reward telling the hands apart, so the signal is weak next to the rest of the loss:
+# the parity-free model's final loss is only slightly higher than the parity model's. The model learns the geometry
+# first, within a few hundred steps, and the handedness slowly. In our longer trials of similar setups (2500 to 4000
+# steps, left out here to keep the chapter short) the share of right-handed samples rose to between 80 and 100%;
+# EigenFold trains for days, on real proteins.
+#
+# ## Summary
+#
+# - `ResiLevelTensorProductScoreModel` predicts one vector per residue: a time embedding and layer-normed residue
+#   features make the node input; Gaussians on $\sqrt{\text{length}}$, a sinusoidal embedding of the sequence offset,
+#   the source's time embedding and layer-normed pair features make the edge input; two MLPs turn them into
+#   `resi_ns` scalars each; `TensorProductConvLayer`s grow the irreps along `0e -> 0e+1o -> 0e+1o+1e ->
+#   0e+1o+1e+0o`, each computing its weights from `cat(edge features, scalars of both ends)`; a final tensor product
+#   of the node features with themselves gives `1x1o + 1x1e`, whose mean is multiplied by `score_norm`.
+# - `score_norm`, the root mean square of one coordinate of the true score, lets the network predict numbers of
+#   order one at every noise level; EigenFold's loss $\operatorname{mean}((s - \hat s)^2 / \mathrm{score\_norm}^2)$
+#   is then about 1 for a model that predicts zero.
+# - With `parity=True` the output rotates with the chain but does not reflect with it; with `parity=False` it is
+#   E(3)-equivariant. Both are checked with `check_equivariance`, with and without inversions.
+# - A parity-free model gives mirror images the same probability and samples both hands; a parity model can learn
+#   the hand of its data, but the signal is weak and it learns it slowly.
+#
+# Next, chapter 10 measures the speed of the layer at the heart of this model, and where the package makes it
+# faster.
+#
+# ## Exercises
+#
+# **1.** A beta hairpin (`tpconv_lite.diffusion.beta_hairpin`) lies flat in the plane $z = 0$, so the mirror
+# $z \mapsto -z$ maps it onto itself. What does that imply for the score predicted by an E(3)-equivariant model at
+# the clean hairpin? Check it with the untrained float64 parity-free model, then look at the parity model: which
+# components of its prediction break the rule, and which half of the final tensor product (`1o` or `1e`) do they
+# come from?
+
+# %% tags=["hide-cell"]
+# NBVAL_CHECK_OUTPUT
+# Solution 1: an equivariant f must satisfy f(M x) = M f(x) for the mirror M; with M x = x (up to the numbering,
+# which M does not change here) that means f(x) = M f(x): no z component. The parity model's 1o half obeys the
+# same rule, but a pseudovector transforms with an extra det(M) = -1, so its 1e half must satisfy e = -M e: it
+# points along z. Their mean then has z components, which all come from the 1e half. (Curie's principle, and its
+# use to find symmetry breaking in Smidt et al.: an equivariant model cannot output less symmetry than it was given.)
+from tpconv_lite.diffusion import beta_hairpin
+
+hairpin = beta_hairpin(n_residues)  # (8, 3) float64, z = 0
+hairpin_data, _ = noised_batch([hairpin], ["hairpin"], torch.tensor([0.5], dtype=torch.float64), sde)
+hairpin_data.resi.pos = hairpin  # the clean hairpin, no noise
+with torch.no_grad():
+    free = models64[False](hairpin_data)
+    with_parity = models64[True](hairpin_data)
+    halves = final_tp_output(models64[True], hairpin_data).view(-1, 2, 3)  # (8, 2, 3): the 1o and 1e halves
+print("hairpin is planar:", bool((hairpin[:, 2] == 0).all()))
+print("parity=False: prediction in the plane:", bool(free[:, 2].abs().max() < 1e-10 * free.abs().max()))
+print("parity=True: prediction in the plane:", bool(with_parity[:, 2].abs().max() < 1e-10 * with_parity.abs().max()))
+print("  its 1o half is in the plane:", bool(halves[:, 0, 2].abs().max() < 1e-10 * halves.abs().max()),
+      "| its 1e half is along z:", bool(halves[:, 1, :2].abs().max() < 1e-10 * halves.abs().max()))
+
+# %% [markdown]
+# **2.** With `resi_conv_layers=2` the last node features are `0e + 1o + 1e`, without the pseudoscalars `0o` that the
+# third layer adds. List the paths of the final tensor product that produce `1e` in that model. Can a two-layer
+# parity model still tell a helix from its mirror image? Check with `check_equivariance` under inversions.
+
+# %% tags=["hide-cell"]
+# NBVAL_CHECK_OUTPUT
+# Solution 2: the 1e output comes from 0e x 1e, 1o x 1o (a cross product of two vectors), 1e x 0e and 1e x 1e. The
+# cross product is enough to make the 1e half differ from a vector, so the model is still not mirror symmetric.
+with default_dtype(torch.float64):
+    torch.manual_seed(1)
+    two_layers = ResiLevelTensorProductScoreModel(toy_model_config(sde, resi_conv_layers=2)).eval()
+tp2 = two_layers.resi_final_tp
+print("last node features:", two_layers.conv_layers[-1].out_irreps)
+print("-> 1e:", ", ".join(f"{tp2.irreps_in1[i.i_in1].ir} x {tp2.irreps_in2[i.i_in2].ir}" for i in tp2.instructions
+                          if tp2.irreps_out[i.i_out].ir == o3.Irrep("1e")))
+print("rotations:", check_equivariance(predictor(two_layers, data64), [pos64], ["cartesian_points"], "1x1o",
+                                       inversion=False))
+print("rotations and inversions:", check_equivariance(predictor(two_layers, data64), [pos64], ["cartesian_points"],
+                                                      "1x1o"))
+
+# %% [markdown]
+# ## References
+#
+# Further reading: EigenFold {footcite:p}`jing2023eigenfold` for the model, its harmonic diffusion and its results on
+# proteins; score SDEs {footcite:p}`song2021score` for the forward and reverse processes and the probability-flow
+# ODE; {footcite:t}`vincent2011connection` for why denoising trains a score; DDPM {footcite:p}`ho2020ddpm` for the
+# sinusoidal time embedding in diffusion models; DiffDock {footcite:p}`corso2023diffdock` for a sibling model built
+# from the same layer; {footcite:t}`smidt2021finding` for what symmetry an equivariant network can and cannot break.
+#
+# ```{footbibliography}
+# ```
