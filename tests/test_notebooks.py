@@ -79,3 +79,16 @@ def test_every_chapter_starts_with_the_same_colab_cell() -> None:
     assert "pip(\"torch" not in reference and "torch==" not in reference, "the Colab cell must never install torch"
     for name, source in first_code.items():
         assert source == reference, f"{name}: its first code cell is not the book's Colab install cell"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_has_the_book_anatomy(notebook: Path) -> None:
+    """Goals, a summary, exercises with hidden solutions, references: the structure every chapter shares."""
+    nb = nbformat.read(notebook, as_version=4)
+    markdown = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    assert re.match(r"# \d+\. \S", nb.cells[0].source), f"{notebook.name}: must open with '# N. Title'"
+    for heading in ["## Goals", "## Summary", "## Exercises", "## References"]:
+        assert f"\n{heading}" in f"\n{markdown}", f"{notebook.name}: no '{heading}' section"
+    assert "{footbibliography}" in markdown, f"{notebook.name}: its references need a footbibliography"
+    hidden = [cell for cell in nb.cells[1:] if "hide-cell" in cell.metadata.get("tags", [])]
+    assert len(hidden) >= 2, f"{notebook.name}: exercises need solutions in cells tagged hide-cell"
