@@ -912,6 +912,21 @@ for i, (layer, layer_att) in enumerate(zip(stack, stack_attention)):
 print(f"{'all':5s} {'':38s} {count(stack):6d} | {'':15s} {count(stack_attention):20d}")
 print(f"share of the parameters in fc: {sum(count(layer.fc) for layer in stack) / count(stack):.0%}")
 
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(7, 3.2))
+bottom = torch.zeros(len(stack_attention))
+for name in ["lin_in", "fc", "lin_out", "h_q", "fc_k", "dot"]:
+    counts = torch.tensor([float(count(getattr(layer, name))) for layer in stack_attention])
+    ax.bar(range(len(stack_attention)), counts, bottom=bottom, label=name)
+    bottom += counts
+ax.set_xticks(range(len(stack_attention)), [f"layer {i}" for i in range(len(stack_attention))])
+ax.set_ylabel("parameters")
+ax.set_title("Parameters per layer and submodule (attention on): fc dominates")
+ax.legend(ncols=3, fontsize=8)
+plt.show()
+
 # %% [markdown]
 # Almost everything is in `fc`, and most of that in its last linear map, which has `(fc_dim + 1) * weight_numel`
 # parameters: the price of a separate set of tensor-product weights for every edge. The equivariant parts, `lin_in`
