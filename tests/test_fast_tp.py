@@ -7,7 +7,12 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from tpconv_lite.fast_tp import linear_weighted_tensor_product, tensor_product
+from tpconv_lite.fast_tp import (
+    bilinear_matrix,
+    linear_weighted_tensor_product,
+    linear_weighted_tensor_products,
+    tensor_product,
+)
 from tpconv_lite.testing import check_equivariance
 
 # (irreps_in1, irreps_in2, irreps_out): the score model's default layer, multiplicities > 1 in the second input,
@@ -36,8 +41,7 @@ def inputs_for(tp, n, dtype=torch.float64, seed=0, n_hidden=None):
     generator = torch.Generator().manual_seed(seed)
     width = tp.weight_numel if n_hidden is None else n_hidden
     return [
-        torch.randn(n, dim, generator=generator, dtype=dtype)
-        for dim in (tp.irreps_in1.dim, tp.irreps_in2.dim, width)
+        torch.randn(n, dim, generator=generator, dtype=dtype) for dim in (tp.irreps_in1.dim, tp.irreps_in2.dim, width)
     ]
 
 
@@ -92,6 +96,70 @@ def test_float32_matches_e3nn_to_1e_5_relative(irreps):
     ours = outputs_and_grads(lambda x1, x2, w: tensor_product(tp, x1, x2, w), weights)
     for a, b in zip(ours, outputs_and_grads(tp, weights)):
         assert relative_difference(a, b) <= 1e-5
+
+
+def test_products_sharing_their_couplings_match_e3nn_in_float64():
+    """EigenFold's keys and values: two products of the same inputs, output multiplicities 1 : 2, shared couplings."""
+    irreps_in1, irreps_in2, _ = IRREPS_CASES[0]
+    value_tp = build((irreps_in1, irreps_in2, "16x0e + 4x1o + 4x1e + 4x0o"))
+    key_tp = build((irreps_in1, irreps_in2, "8x0e + 2x1o + 2x1e + 2x0o"))
+    other_tp = build((irreps_in1, irreps_in2, "3x1o + 2x2e"))  # other outputs: its own couplings
+    tps = (key_tp, value_tp, other_tp)
+    linears = [nn.Linear(5, tp.weight_numel, dtype=torch.float64) for tp in tps]
+    x1, x2, _ = inputs_for(value_tp, 19)
+    hiddens = [torch.randn(19, 5, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(3)]
+    parameters = [p for linear in linears for p in (linear.weight, linear.bias)]
+
+    def ours(x1, x2, *hiddens):
+        return torch.cat(linear_weighted_tensor_products(list(zip(tps, hiddens, linears)), x1, x2), dim=1)
+
+    def expected(x1, x2, *hiddens):
+        return torch.cat([tp(x1, x2, linear(h)) for tp, h, linear in zip(tps, hiddens, linears)], dim=1)
+
+    inputs = [x1, x2, *hiddens]
+    for a, b in zip(outputs_and_grads(ours, inputs, parameters), outputs_and_grads(expected, inputs, parameters)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_products_must_share_their_inputs():
+    a = build(("2x0e + 1x1o", "1x0e + 1x1o", "2x0e"))
+    b = build(("1x0e + 1x1o + 1x0e", "1x0e + 1x1o", "2x0e"))  # the same dimension, other irreps
+    x1, x2, _ = inputs_for(a, 4)
+    h = torch.zeros(4, 3, dtype=torch.float64)
+    linears = [nn.Linear(3, tp.weight_numel, dtype=torch.float64) for tp in (a, b)]
+    with pytest.raises(
+        ValueError, match=r"share their inputs' irreps, got 2x0e\+1x1o x 1x0e\+1x1o and 1x0e\+1x1o\+1x0e"
+    ):
+        linear_weighted_tensor_products([(a, h, linears[0]), (b, h, linears[1])], x1, x2)
+    with pytest.raises(ValueError, match=r"at least one \(tp, hidden, linear\) triple, got none"):
+        linear_weighted_tensor_products([], x1, x2)
+
+
+def test_weighted_sum_backward_passes_gradcheck():
+    """The hand-written backward pass against finite differences, with respect to every input."""
+    tp = build(IRREPS_CASES[1])
+    linear = nn.Linear(3, tp.weight_numel, dtype=torch.float64)
+    inputs = [x.requires_grad_(True) for x in inputs_for(tp, 3, n_hidden=3)]
+    assert torch.autograd.gradcheck(lambda *args: linear_weighted_tensor_product(tp, *args, linear), inputs)
+
+
+def test_bilinear_matrix_gives_the_tensor_product():
+    """``tp(x1, x2) = x1 M x2`` for a product with shared weights, and its gradient reaches the weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tp = o3.FullyConnectedTensorProduct("3x0e + 2x1o + 1x2e", "2x0e + 2x1o + 1x2e", "2x0e + 1x1o").double()
+    x1, x2 = (
+        torch.randn(7, tp.irreps_in1.dim, dtype=torch.float64),
+        torch.randn(7, tp.irreps_in2.dim, dtype=torch.float64),
+    )
+    m = bilinear_matrix(tp)
+    assert m.shape == (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim)
+    torch.testing.assert_close(torch.einsum("ei,ijo,ej->eo", x1, m, x2), tp(x1, x2), rtol=0, atol=1e-12)
+    (grad_m,) = torch.autograd.grad(torch.einsum("ei,ijo,ej->eo", x1, m, x2).sum(), tp.weight)
+    (grad_tp,) = torch.autograd.grad(tp(x1, x2).sum(), tp.weight)
+    torch.testing.assert_close(grad_m, grad_tp, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"internal \(shared\) weights"):
+        bilinear_matrix(build(IRREPS_CASES[0]))
 
 
 def test_reads_the_3j_buffers_of_the_module():

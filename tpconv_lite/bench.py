@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from e3nn import o3
 from e3nn.nn import BatchNorm
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import tpconv_lite
 from tpconv_lite import graph
@@ -609,8 +609,6 @@ def run_benchmarks(
             bar.close()
     results["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return results
-
-
 
 
 def _ms(stats: dict | None) -> str:

@@ -29,16 +29,26 @@ When the weights are the output of a linear layer ``w = A h + b`` (the last laye
 ``W_o = A[rows_o] h + b[rows_o]`` directly: the weights in e3nn's order are never formed, and no slice of a per-edge
 tensor ever reaches autograd. :func:`tensor_product` takes weights in e3nn's order, like ``tp`` itself.
 
-Both give ``tp``'s outputs and gradients up to float rounding (~1e-15 in float64, ~1e-7 relative in float32). They
-read the Wigner 3j symbols from ``tp``'s buffers, so a ``tp`` loaded from a ``state_dict`` is evaluated with the
-loaded numbers. Paths whose three degrees are not all >= 1 have no buffer: there e3nn's code multiplies by
-``1 / sqrt(dimension)`` (``1`` for ``0 x 0 -> 0``), which is the 3j symbol of those degrees, and so does this module.
+Step 2 is an autograd function with a backward pass written by hand (``_WeightedSum``): autograd would run three
+small operations per row ``U``, where the gradients need one multiply-add per component ``k`` and one per output
+copy ``w``. The couplings ``Y_o`` depend on the inputs and the paths, not on the weights:
+:func:`linear_weighted_tensor_products` evaluates several products of the same inputs (EigenFold's keys and values)
+and computes them once. :func:`bilinear_matrix` serves the attention logits: a tensor product with shared weights is
+a bilinear map, and with its matrix a product on every edge of a per-node query becomes a product per node and a
+dot product per edge.
+
+All of them give ``tp``'s outputs and gradients up to float rounding (~1e-15 in float64, ~1e-7 relative in
+float32). They read the Wigner 3j symbols from ``tp``'s buffers, so a ``tp`` loaded from a ``state_dict`` is
+evaluated with the loaded numbers. Paths whose three degrees are not all >= 1 have no buffer: there e3nn's code
+multiplies by ``1 / sqrt(dimension)`` (``1`` for ``0 x 0 -> 0``), which is the 3j symbol of those degrees, and so
+does this module.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -123,7 +133,78 @@ def _check(tp: o3.TensorProduct, x1: Tensor, x2: Tensor) -> None:
         raise ValueError(f"x1 and x2 must have the same batch shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
 
 
-def _edge_last_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: list[Tensor]) -> Tensor:
+def _couplings(tp: o3.TensorProduct, i_out: int, x1_blocks: list[Tensor], x2_blocks: list[Tensor]) -> list[Tensor]:
+    """The Clebsch-Gordan couplings ``y_p[U_p, k, e]`` of the paths ``p`` into output ``i_out``, in e3nn's order.
+
+    Stacked along ``U``, they are ``Y_o`` of the module docstring: within a path, ``U_p`` runs over ``(u, v)`` in
+    row-major order, the order of the rows of ``_weight_rows``. An output that no path reaches gets an empty list.
+    """
+    couplings = []
+    for ins in tp.instructions:
+        if ins.i_out != i_out:
+            continue
+        c = _coupling(tp, ins, x1_blocks[0])  # (d1, d2, k)
+        d1, d2, k = c.shape
+        a, b = x1_blocks[ins.i_in1], x2_blocks[ins.i_in2]  # (u, d1, E), (v, d2, E)
+        (u, _, n_edges), v = a.shape, len(b)
+        q = (c.transpose(1, 2).reshape(d1 * k, d2) @ b).view(1, v, d1, k, n_edges)  # sum_j C[i, j, k] b[v, j]
+        if d1 == 1:  # a scalar first input: nothing to sum over
+            y = a.view(u, 1, 1, n_edges) * q.view(1, v, k, n_edges)
+        else:
+            y = (a.view(u, 1, d1, 1, n_edges) * q).sum(2)  # (u, v, k, E): sum_i a[u, i] q[v, i, k]
+        couplings.append(y.view(u * v, k, n_edges))
+    return couplings
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``out[w, k, e] = sum_U W[w, U, e] Y[U, k, e]``, edge axis last, with a backward pass of few large operations.
+
+    ``Y`` comes as the per-path blocks ``y_p`` that stack into it along ``U``, so that it is never copied into one
+    tensor. Forward adds one ``U`` at a time (``U`` multiply-adds into ``out``, which stays small). Left to
+    autograd, each of them would cost three operations going backward; here the gradients are sums over ``k`` and
+    over ``w``, the two short axes: ``dW[w, U] = sum_k dout[w, k] Y[U, k]`` and ``dY[U, k] = sum_w W[w, U] dout[w, k]``.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, *ys: Tensor) -> Tensor:
+        ctx.save_for_backward(w, *ys)
+        out = w.new_zeros(w.shape[0], ys[0].shape[1], w.shape[2])
+        for w_u, y_u in zip(w.unbind(1), [y_u for y in ys for y_u in y.unbind(0)]):
+            out.addcmul_(w_u.unsqueeze(1), y_u)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        w, *ys = ctx.saved_tensors
+        grad_w = w.new_empty(w.shape) if ctx.needs_input_grad[0] else None
+        grad_ys = []
+        start = 0
+        for i, y in enumerate(ys):
+            block = slice(start, start + len(y))
+            start = block.stop
+            if grad_w is not None:  # (w, U_p, E): one multiply-add per component k
+                pairs = [(g_k.unsqueeze(1), y_k) for g_k, y_k in zip(grad.unbind(1), y.unbind(1))]
+                _sum_of_products(pairs, out=grad_w[:, block])
+            if ctx.needs_input_grad[1 + i]:  # (U_p, k, E): one multiply-add per output copy w
+                pairs = [(w_w.unsqueeze(1), g_w) for w_w, g_w in zip(w[:, block].unbind(0), grad.unbind(0))]
+                grad_ys.append(_sum_of_products(pairs))
+            else:
+                grad_ys.append(None)
+        return grad_w, *grad_ys
+
+
+def _sum_of_products(pairs: list[tuple[Tensor, Tensor]], out: Tensor | None = None) -> Tensor:
+    """``sum(a * b for a, b in pairs)``, accumulated in place (into ``out`` when given)."""
+    (a, b), *rest = pairs
+    total = torch.mul(a, b) if out is None else torch.mul(a, b, out=out)
+    for a, b in rest:
+        total.addcmul_(a, b)
+    return total
+
+
+def _edge_last_product(
+    tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: list[Tensor], shared: dict | None = None
+) -> Tensor:
     """The tensor product with the edge axis last.
 
     Args:
@@ -131,6 +212,9 @@ def _edge_last_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: li
         x1: (irreps_in1.dim, E).
         x2: (irreps_in2.dim, E).
         weights: one ``(mul_o * U_o, E)`` block per output irrep, rows ordered as ``_weight_rows`` says.
+        shared: couplings already computed from the same ``x1`` and ``x2`` by a tensor product with the same
+            inputs, keyed by the paths into an output irrep; new ones are added (see
+            :func:`linear_weighted_tensor_products`).
 
     Returns:
         (irreps_out.dim, E).
@@ -138,28 +222,18 @@ def _edge_last_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: li
     n_edges = x1.shape[-1]
     x1_blocks = [x1[s].view(mul, ir.dim, n_edges) for s, (mul, ir) in zip(tp.irreps_in1.slices(), tp.irreps_in1)]
     x2_blocks = [x2[s].view(mul, ir.dim, n_edges) for s, (mul, ir) in zip(tp.irreps_in2.slices(), tp.irreps_in2)]
+    shared = {} if shared is None else shared
     outputs = []
     for i_out, (mul_out, ir_out) in enumerate(tp.irreps_out):
-        coupled = []
-        for ins in tp.instructions:
-            if ins.i_out != i_out:
-                continue
-            c = _coupling(tp, ins, x1)  # (d1, d2, k)
-            d1, d2, k = c.shape
-            a, b = x1_blocks[ins.i_in1], x2_blocks[ins.i_in2]  # (u, d1, E), (v, d2, E)
-            u, v = len(a), len(b)
-            q = (c.transpose(1, 2).reshape(d1 * k, d2) @ b).view(1, v, d1, k, n_edges)  # sum_j C[i, j, k] b[v, j]
-            y = (a.view(u, 1, d1, 1, n_edges) * q).sum(2)  # (u, v, k, E): sum_i a[u, i] q[v, i, k]
-            coupled.append(y.view(u * v, k, n_edges))
-        if not coupled:
+        paths = tuple((ins.i_in1, ins.i_in2, ins.path_weight) for ins in tp.instructions if ins.i_out == i_out)
+        if (ir_out, paths) not in shared:
+            shared[ir_out, paths] = _couplings(tp, i_out, x1_blocks, x2_blocks)
+        ys = shared[ir_out, paths]  # [(U_p, k, E) for each path p]
+        if not ys:
             outputs.append(x1.new_zeros(mul_out * ir_out.dim, n_edges))
             continue
-        y = torch.cat(coupled)  # (U, k, E)
-        w = weights[i_out].view(mul_out, y.shape[0], n_edges)  # (w, U, E)
-        out = x1.new_zeros(mul_out, ir_out.dim, n_edges)
-        for w_u, y_u in zip(w.unbind(1), y.unbind(0)):  # out[w, k] += w[w, U] y[U, k], one U at a time
-            out = torch.addcmul(out, w_u.unsqueeze(1), y_u)
-        outputs.append(out.view(mul_out * ir_out.dim, n_edges))
+        w = weights[i_out].view(mul_out, sum(len(y) for y in ys), n_edges)  # (w, U, E)
+        outputs.append(_WeightedSum.apply(w, *ys).view(mul_out * ir_out.dim, n_edges))
     return torch.cat(outputs)
 
 
@@ -231,7 +305,75 @@ def linear_weighted_tensor_product(
             f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
             f"got {tuple(x1.shape)} and {shape}"
         )
-    rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
-    hidden, a, b = hidden.T, linear.weight, linear.bias  # hidden: (in_features, E)
-    weights = [a[r] @ hidden if b is None else torch.addmm(b[r, None], a[r], hidden) for r in rows]  # (mul_o U_o, E)
-    return _EdgeLast.apply(_edge_last_product(tp, _EdgeLast.apply(x1), _EdgeLast.apply(x2), weights))
+    return linear_weighted_tensor_products([(tp, hidden, linear)], x1, x2)[0]
+
+
+def linear_weighted_tensor_products(
+    products: Sequence[tuple[o3.TensorProduct, Tensor, nn.Linear]], x1: Tensor, x2: Tensor
+) -> list[Tensor]:
+    """``[tp(x1, x2, linear(hidden)) for tp, hidden, linear in products]``: several products of the same inputs.
+
+    The Clebsch-Gordan couplings ``Y_o`` (see the module docstring) depend only on ``x1``, ``x2`` and the paths into
+    an output irrep, not on the weights: products whose paths into an output irrep are the same (same inputs, same
+    normalisation) share them, and they are computed once. EigenFold's attention is the case in point: its keys and
+    values are two tensor products of the same source features and edge harmonics, with weights from two MLPs and
+    output multiplicities in the ratio 1 : 2.
+
+    Args:
+        products: ``(tp, hidden, linear)`` triples as in :func:`linear_weighted_tensor_product`, all of whose
+            ``tp`` have the same ``irreps_in1`` and ``irreps_in2``; ``hidden`` is (E, linear.in_features).
+        x1: (E, irreps_in1.dim).
+        x2: (E, irreps_in2.dim).
+
+    Returns:
+        One (E, tp.irreps_out.dim) tensor per product.
+    """
+    if not products:
+        raise ValueError("products must hold at least one (tp, hidden, linear) triple, got none")
+    first = products[0][0]
+    for tp, hidden, linear in products:
+        _check(tp, x1, x2)
+        if tp.irreps_in1 != first.irreps_in1 or tp.irreps_in2 != first.irreps_in2:
+            raise ValueError(
+                f"the products must share their inputs' irreps, got {first.irreps_in1} x {first.irreps_in2} and "
+                f"{tp.irreps_in1} x {tp.irreps_in2}"
+            )
+        if not isinstance(linear, nn.Linear) or linear.out_features != tp.weight_numel:
+            raise ValueError(f"linear must be an nn.Linear with out_features = tp.weight_numel = {tp.weight_numel}")
+        if x1.dim() != 2 or not isinstance(hidden, Tensor) or hidden.shape != (x1.shape[0], linear.in_features):
+            shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
+            raise ValueError(
+                f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
+                f"got {tuple(x1.shape)} and {shape}"
+            )
+    x1, x2 = _EdgeLast.apply(x1), _EdgeLast.apply(x2)
+    shared: dict = {}  # the couplings, computed by the first product that needs them
+    outputs = []
+    for tp, hidden, linear in products:
+        rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
+        hidden_t, a, b = hidden.T, linear.weight, linear.bias  # hidden_t: (in_features, E)
+        weights = [a[r] @ hidden_t if b is None else torch.addmm(b[r, None], a[r], hidden_t) for r in rows]
+        outputs.append(_EdgeLast.apply(_edge_last_product(tp, x1, x2, weights, shared)))
+    return outputs
+
+
+def bilinear_matrix(tp: o3.TensorProduct) -> Tensor:
+    """The matrix ``M`` of a tensor product with shared weights: ``tp(x1, x2)[o] = sum_ij x1[i] M[i, j, o] x2[j]``.
+
+    With its weights fixed, a tensor product is a bilinear map, and its values on pairs of basis vectors are its
+    matrix (differentiable with respect to the weights). Evaluating ``tp(x1[index], x2)`` on many rows through ``M``
+    costs one product per row of ``x1`` and a dot product per row of ``x2``: EigenFold's attention logits
+    ``dot(query[target], key)``, one per edge, are ``((query @ M)[target] * key).sum()``.
+
+    Args:
+        tp: an ``o3.TensorProduct`` with shared weights (e.g. ``o3.FullyConnectedTensorProduct(a, b, "0e")``).
+
+    Returns:
+        (irreps_in1.dim, irreps_in2.dim, irreps_out.dim), in the dtype and on the device of ``tp``'s weights.
+    """
+    if not isinstance(tp, o3.TensorProduct) or not tp.internal_weights:
+        raise ValueError(f"tp must be an o3.TensorProduct with internal (shared) weights, got {tp!r}")
+    d1, d2 = tp.irreps_in1.dim, tp.irreps_in2.dim
+    options = {"dtype": tp.weight.dtype, "device": tp.weight.device}
+    pairs = torch.eye(d1, **options).repeat_interleave(d2, dim=0), torch.eye(d2, **options).repeat(d1, 1)  # (d1 d2, d)
+    return tp(*pairs).view(d1, d2, tp.irreps_out.dim)

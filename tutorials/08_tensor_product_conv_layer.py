@@ -394,14 +394,15 @@ def attention_layer_by_hand(
 # to 7, plus those of the attention branch when asked; `forward` checks its inputs (with errors that name what was
 # expected), applies `lin_in`, aggregates the messages (their mean, or the attention-weighted sum), then applies
 # `lin_out`, the residual and the batch norm. In training mode it runs the message passing (steps 3 to 5, or the
-# attention branch) under gradient checkpointing, the subject of the last section. For speed, it may compute the
-# messages `tp(f_in[src], Y, fc(e))` by another route than calling `tp` (chapter 10); the numbers are the same up to
-# rounding, which is why the comparisons below allow a tolerance of 1e-12 in float64. It needs:
+# attention branch) under gradient checkpointing, the subject of the last section. For speed, it computes the
+# messages `tp(f_in[src], Y, fc(e))`, and with attention the logits `dot(q[dst], k)`, by other routes than calling
+# `tp` and `dot` (chapter 10); the numbers are the same up to rounding, which is why the comparisons below allow a
+# tolerance of 1e-12 in float64. It needs:
 
 # %%
 from torch.utils.checkpoint import checkpoint
 
-from tpconv_lite.fast_tp import linear_weighted_tensor_product
+from tpconv_lite.fast_tp import bilinear_matrix, linear_weighted_tensor_product, linear_weighted_tensor_products
 
 
 # %%
@@ -578,11 +579,15 @@ class TensorProductConvLayer(nn.Module):
 
         ``reduce`` is ignored: the weights of each target already sum to one.
         """
-        queries = self.h_q(node_attr_in)
-        sources = node_attr_in[edge_src]
-        keys = self._messages(self.tp_k, self.fc_k, sources, edge_sh, edge_attr)
-        values = self._messages(self.tp, self.fc, sources, edge_sh, edge_attr)
-        alpha = edge_softmax(self.dot(queries[edge_dst], keys), edge_dst, out_nodes)
+        keys, values = linear_weighted_tensor_products(
+            [(self.tp_k, self.fc_k[:-1](edge_attr), self.fc_k[-1]), (self.tp, self.fc[:-1](edge_attr), self.fc[-1])],
+            node_attr_in[edge_src],
+            edge_sh,
+        )
+        # dot(query_i, key_ij) for every edge, through the matrix of the bilinear map `dot`: a product per node
+        query_m = torch.einsum("ni,ijo->njo", self.h_q(node_attr_in), bilinear_matrix(self.dot))  # (N, key dim, 1)
+        logits = (query_m[edge_dst] * keys.unsqueeze(-1)).sum(1)  # (E, 1)
+        alpha = edge_softmax(logits, edge_dst, out_nodes)
         return scatter(alpha * values, edge_dst, dim=0, dim_size=out_nodes)
 
     @staticmethod
@@ -664,7 +669,7 @@ class TensorProductConvLayer(nn.Module):
             n_targets = min(n, out_nodes) if self.attention else out_nodes
             bounds = (("edge_index[0] (sources)", edge_src, n), ("edge_index[1] (targets)", edge_dst, n_targets))
             for name, index, size in bounds:
-                low, high = int(index.min()), int(index.max())
+                low, high = (int(value) for value in torch.aminmax(index))
                 if low < 0 or high >= size:
                     raise ValueError(f"{name} must lie in [0, {size}), got values in [{low}, {high}]")
         return out_nodes

@@ -56,10 +56,14 @@ if "google.colab" in sys.modules:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import time
+from collections.abc import Sequence
+
 import e3nn
 import matplotlib.pyplot as plt
 import torch
 from e3nn import o3
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor, nn
 
 import tpconv_lite
@@ -193,65 +197,85 @@ for name, flop, nbytes in [("radial MLP", mlp_flop, mlp_bytes), ("tensor product
 # %% [markdown]
 # ## Running the benchmark
 #
-# `tpconv_lite.bench` has four sections, one function each, and `run_benchmarks` runs them all. Here we call the
-# two sections this chapter discusses, with sizes small enough for a minute on two CPU cores: the layer on dense
-# graphs of 48 and 96 residues (no attention), and the fused tensor product of chapter 7 against the full one. Each
-# returns plain dicts and lists.
+# `tpconv_lite.bench` has four sections, one function each, and `bench.run_benchmarks(quick=True)` runs them all
+# with the settings of `python -m tpconv_lite.bench --quick`: the layer on dense graphs of 64 and 128 residues,
+# without and with attention; the fused tensor product of chapter 7 against the full one for $L = 1..4$; the
+# pure-torch graph backend against torch_cluster and torch_scatter up to $10^4$ points; and the memory of forward +
+# backward. On two CPU cores it takes well under a minute. It returns plain dicts and lists, and
+# `bench.format_report` prints them as the command line does: times in ms as median [min-max] of the repeats.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-conv_rows = bench.bench_conv_layer(sizes=(48, 96), attention=(False,), warmup=1, repeats=3, device=device)
-fused = bench.bench_fused(degrees=(1, 2, 3, 4), num_features=8, batch=256, warmup=1, repeats=3, device=device)
-print(f"{'N':>3s} {'E':>5s}  {'pass':16s} {'checkpoint':10s} {'reference ms':>12s} {'ours ms':>8s} {'ours/ref':>8s}")
-for row in conv_rows:
-    checkpoint = {None: "-", False: "off", True: "on"}[row["checkpointing"]]
-    ref_ms, ours_ms = 1e3 * row["reference"]["median"], 1e3 * row["ours"]["median"]
-    print(f"{row['n_nodes']:3d} {row['n_edges']:5d}  {row['pass']:16s} {checkpoint:10s} {ref_ms:12.1f} "
-          f"{ours_ms:8.1f} {ours_ms / ref_ms:8.2f}")
+start = time.perf_counter()
+results = bench.run_benchmarks(quick=True, device=str(device), progress=False)
+print(f"bench.run_benchmarks(quick=True): {time.perf_counter() - start:.0f} s\n")
+print(bench.format_report(results))
+conv_rows, fused, graph_rows, memory_rows = (results[key] for key in ("conv_layer", "fused", "graph", "memory"))
 
 # %% [markdown]
-# Every row also records how far our outputs and gradients are from the reference's, as
+# Every row of the layer's table also records how far our outputs and gradients are from the reference's, as
 # `max |ours - ref| / max |ref|`: a speed-up that changed the numbers would be worth nothing.
 
 # %%
 # NBVAL_CHECK_OUTPUT
+print("cases timed:", len(conv_rows))
 print("outputs agree in every case (rel. diff < 1e-5):", all(row["output_difference"] < 1e-5 for row in conv_rows))
 gradients = [row["gradient_difference"] for row in conv_rows if row["gradient_difference"] is not None]
 print("gradients agree in every case (rel. diff < 1e-5):", all(g < 1e-5 for g in gradients))
 
 # %% [markdown]
-# The left panel shows the ratios of the medians, ours over reference (below 1: ours is faster); the right one the
-# fused and the full channel-wise tensor product against the maximal degree $L$, on log-log axes, where a power law
+# The left panel shows the speed-up of each case, the reference's median time over ours (above 1: ours is
+# faster), with the package's targets: 1.5 for forward alone, 2 for forward and backward. The middle one shows the
+# fused and the full channel-wise tensor product against the maximal degree $L$ on log-log axes, where a power law
 # $t \propto L^s$ is a straight line of slope $s$. Counting paths, the full product grows like $L^6$ at large $L$
-# (chapter 7), the fused one like $L^4$ at most; at these small sizes fixed costs still flatten both.
+# (chapter 7), the fused one like $L^4$ at most; at these small sizes fixed costs still flatten both. The right one
+# shows the graph backends: pure torch's time over the compiled packages' (below 1: pure torch is faster).
 
 # %%
-fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-labels = [f"N={r['n_nodes']}\n{r['pass'].replace('forward+backward', 'fwd+bwd')}"
-          + ("" if r["checkpointing"] is None else f"\nckpt {'on' if r['checkpointing'] else 'off'}") for r in conv_rows]
-left.bar(range(len(conv_rows)), [r["ours"]["median"] / r["reference"]["median"] for r in conv_rows], color="tab:blue")
-left.axhline(1.0, color="k", lw=0.8, ls="--")
-left.set_xticks(range(len(conv_rows)), labels, fontsize=7)
-left.set_ylabel("time ours / time reference")
+fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
+labels = [f"N={r['n_nodes']}{' att' if r['attention'] else ''}\n{'fwd' if r['checkpointing'] is None else 'f+b'}"
+          + ("" if r["checkpointing"] is None else f" ckpt {'on' if r['checkpointing'] else 'off'}") for r in conv_rows]
+colors = ["tab:blue" if r["checkpointing"] is None else "tab:orange" for r in conv_rows]
+left.bar(range(len(conv_rows)), [r["speedup"] for r in conv_rows], color=colors)
+for target, color in [(1.5, "tab:blue"), (2.0, "tab:orange")]:
+    left.axhline(target, color=color, lw=0.8, ls="--")
+left.axhline(1.0, color="k", lw=0.8)
+left.set_xticks(range(len(conv_rows)), labels, fontsize=6, rotation=90)
+left.set_ylabel("speed-up: time reference / time ours")
 left.set_title("Convolution layer, dense graphs")
 degrees = [r["max_degree"] for r in fused["rows"]]
 for name, marker in [("full", "o"), ("fused", "s")]:
     times = [1e3 * r[name]["median"] for r in fused["rows"]]
-    right.loglog(degrees, times, marker=marker, label=f"{name} (slope {fused['slope_' + name]:.1f} over L>=2)")
-right.set_xticks(degrees, [str(d) for d in degrees])
-right.set_xlabel("maximal degree L")
-right.set_ylabel("forward time (ms)")
-right.set_title(f"Tensor products, F={fused['num_features']}, batch={fused['batch']}")
-right.legend(fontsize=8)
+    middle.loglog(degrees, times, marker=marker, label=f"{name} (slope {fused['slope_' + name]:.1f} over L>=2)")
+middle.set_xticks(degrees, [str(d) for d in degrees])
+middle.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+middle.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+middle.yaxis.set_minor_formatter(NullFormatter())
+middle.set_xlabel("maximal degree L")
+middle.set_ylabel("forward time (ms)")
+middle.set_title(f"Tensor products, F={fused['num_features']}, batch={fused['batch']}")
+middle.legend(fontsize=8)
+for operation in dict.fromkeys(r["operation"] for r in graph_rows):
+    rows = [r for r in graph_rows if r["operation"] == operation and r["ratio"] is not None]
+    if rows:
+        right.loglog([r["n_points"] for r in rows], [r["ratio"] for r in rows], marker="o", label=operation)
+right.axhline(1.0, color="k", lw=0.8)
+right.set_xlabel("number of points N")
+right.set_ylabel("time pure torch / time compiled")
+right.set_title("Graph backends" + ("" if any(r["ratio"] for r in graph_rows) else " (compiled packages missing)"))
+if any(r["ratio"] for r in graph_rows):
+    right.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What to expect on a quiet machine: the ratio falls as the graph grows (the fast path removes work per edge, and
-# fixed costs per call weigh less on big graphs), and forward alone gains less than forward and backward (most of
-# e3nn's waste is in its backward pass, below). Three repeats on small graphs are noisy: if another program shares
-# your cores, single medians can jump by a factor of ten. Run the full benchmark, with more repeats and larger
-# sizes, before you trust a ratio, and certainly before you trust a slope fitted to three points.
+# What to expect on a quiet machine: forward and backward gain more than forward alone (most of e3nn's waste is in
+# its backward pass, below), and forward alone gains least with attention, where the two MLPs, whose matrix
+# products both layers share, take most of the time. The pure-torch `scatter` with `reduce="max"` is much faster
+# than torch_scatter's on a CPU, and the cell-list radius graph keeps up with torch_cluster's. Three repeats are
+# noisy: if another program shares your cores, single medians can jump by a factor of two or more. Run the full
+# benchmark, with more repeats and larger sizes, before you trust a ratio, and certainly before you trust a slope
+# fitted to three points.
 
 # %% [markdown]
 # ## What checkpointing trades
@@ -259,28 +283,35 @@ plt.show()
 # In training, the layer runs its message passing under `torch.utils.checkpoint` {footcite:p}`chen2016checkpointing`:
 # the forward pass keeps only the inputs of the checkpointed function and throws its intermediates away, and the
 # backward pass computes them again. Less memory held between the passes, one extra forward pass of time.
-# `bench.bench_memory` measures both kinds of memory: what a layer leaves allocated after its forward pass (held
-# until its backward runs, for every layer of a deep model at once) and the peak during forward and backward.
+# The benchmark's memory section, `bench.bench_memory`, measures both kinds of memory: what a layer leaves allocated
+# after its forward pass (held until its backward runs, for every layer of a deep model at once) and the peak during
+# forward and backward.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-memory_rows = bench.bench_memory(sizes=(64,), attention=(False,), device=device)
-print(f"{'checkpoint':10s} {'saved ref MB':>12s} {'saved ours MB':>13s} {'peak ref MB':>11s} {'peak ours MB':>12s}")
+print(f"{'attention':9s} {'checkpoint':10s} {'saved ref MB':>12s} {'saved ours MB':>13s} {'peak ref MB':>11s} "
+      f"{'peak ours MB':>12s}")
 for row in memory_rows:
     saved, peak = row["saved"], row["peak"]
-    print(f"{'on' if row['checkpointing'] else 'off':10s} {saved['reference'] / 2**20:12.1f} "
-          f"{saved['ours'] / 2**20:13.1f} {peak['reference'] / 2**20:11.1f} {peak['ours'] / 2**20:12.1f}")
-for n_nodes in (48, 96):
-    on, off = (next(r for r in conv_rows if r["n_nodes"] == n_nodes and r["checkpointing"] is c) for c in (True, False))
-    print(f"N={n_nodes}: forward+backward with checkpointing takes {on['ours']['median'] / off['ours']['median']:.2f}x "
-          "the time without (ours)")
+    print(f"{'yes' if row['attention'] else 'no':9s} {'on' if row['checkpointing'] else 'off':10s} "
+          f"{saved['reference'] / 2**20:12.1f} {saved['ours'] / 2**20:13.1f} {peak['reference'] / 2**20:11.1f} "
+          f"{peak['ours'] / 2**20:12.1f}")
+for row in conv_rows:
+    if row["checkpointing"]:
+        off = next(r for r in conv_rows if r["checkpointing"] is False and r["n_nodes"] == row["n_nodes"]
+                   and r["attention"] == row["attention"])
+        print(f"N={row['n_nodes']}, attention={row['attention']!s:5s}: forward+backward with checkpointing takes "
+              f"{row['ours']['median'] / off['ours']['median']:.2f}x the time without (ours)")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-off, on = memory_rows
-for name in ("reference", "ours"):
-    print(f"{name}: checkpointing keeps less than a tenth after forward:", on["saved"][name] < off["saved"][name] / 10)
-    print(f"{name}: but its peak is within 10% of the peak without:", on["peak"][name] <= 1.1 * off["peak"][name])
+for attention in (False, True):
+    off, on = (next(r for r in memory_rows if r["attention"] == attention and r["checkpointing"] == c)
+               for c in (False, True))
+    for name in ("reference", "ours"):
+        print(f"attention={attention!s:5s} {name:9s}: checkpointing keeps less than a tenth after forward:",
+              on["saved"][name] < off["saved"][name] / 10, "| its peak is within 10% of the peak without:",
+              on["peak"][name] <= 1.1 * off["peak"][name])
 
 # %% [markdown]
 # The saved memory drops to almost nothing: what is left is the layer's small `(N, 60)` output and the inputs it
@@ -293,11 +324,14 @@ for name in ("reference", "ours"):
 # %% [markdown]
 # ## How the fast layer differs
 #
-# `ReferenceLayer` and `TensorProductConvLayer` differ in one line of their message functions:
+# `ReferenceLayer` and `TensorProductConvLayer` hold the same modules; they differ in how their message functions
+# use them:
 #
 # | | reference (EigenFold) | `TensorProductConvLayer` |
 # |---|---|---|
 # | messages | `self.tp(x[src], edge_sh, self.fc(edge_attr))` | `linear_weighted_tensor_product(self.tp, x[src], edge_sh, self.fc[:-1](edge_attr), self.fc[-1])` |
+# | keys and values (attention) | two calls of e3nn's tensor products | one call of `linear_weighted_tensor_products`: the couplings are shared |
+# | logits (attention) | `self.dot(q[dst], k)`, a tensor product per edge | `((q @ M)[dst] * k).sum()`, with `M = bilinear_matrix(self.dot)` |
 # | scatter | torch_scatter | `tpconv_lite.graph.scatter` (torch_scatter or pure torch) |
 # | checkpoint | `use_reentrant=True` | `use_reentrant=False`, switchable by `layer.checkpointing` |
 #
@@ -312,14 +346,76 @@ for name in ("reference", "ours"):
 #
 # 1. the **edge axis goes last**: every per-edge tensor is laid out as `(features, E)`, so each per-edge operation
 #    is an elementwise product or a sum over rows of $E$ contiguous numbers, which vectorises;
-# 2. **paths are grouped by output irrep**: all the paths into one output irrep are stacked into one tensor
-#    $Y_o[U, k, e]$, $U$ running over (path, $u$, $v$), and contracted with one block of weights $W_o[w, U, e]$;
+# 2. **paths are grouped by output irrep**: the Clebsch-Gordan couplings of all the paths into one output irrep form
+#    one tensor $Y_o[U, k, e]$, $U$ running over (path, $u$, $v$), contracted with one block of weights
+#    $W_o[w, U, e]$: $\text{out}_o[w, k, e] = \sum_U W_o[w, U, e]\, Y_o[U, k, e]$. This weighted sum has its
+#    backward pass written by hand (`_WeightedSum`): one multiply-add per component $k$ for the gradient of $W_o$,
+#    one per output copy $w$ for that of $Y_o$, where autograd would run three small operations per row $U$;
 # 3. **the weights are never formed in e3nn's order**: they are the output of the MLP's last linear layer
 #    $w = A h + b$, so each block $W_o = A[\text{rows}_o] h + b[\text{rows}_o]$ is computed directly from its own rows
-#    of $A$. No slice of a per-edge tensor ever reaches autograd, and nothing is zero-filled in the backward pass.
+#    of $A$. No slice of a per-edge tensor ever reaches autograd, and nothing is zero-filled in the backward pass;
+# 4. **what does not depend on the weights is computed once**: the couplings $Y_o$ depend on $x_j$, $Y(r_{ij})$ and
+#    the paths only. The keys and the values of the attention are tensor products of the same inputs with the same
+#    paths (output multiplicities 8 and 16 of the same irreps), so they share them;
+# 5. **a bilinear map is a matrix**: `dot` has weights shared by all edges, so
+#    $\text{dot}(q, k) = \sum_{ij} q_i M_{ij} k_j$ for one matrix $M$ (22×22 here), which `bilinear_matrix` reads
+#    off by evaluating `dot` on pairs of basis vectors. The logits then cost a product $q M$ per *node* and a dot
+#    product of 22 numbers per edge, instead of a tensor product per edge.
 #
-# This is the function the layer calls; the helpers it names are in the same module (`_weight_rows` finds the rows
-# of each block, `_edge_last_product` does steps 1 and 2, `_EdgeLast` is a transpose whose gradient is contiguous):
+# Here are the functions the layer calls; the helpers they name are in the same module (`_weight_rows` finds the
+# rows of each block, `_edge_last_product` does steps 1 and 2, `_EdgeLast` is a transpose whose gradient is
+# contiguous):
+
+# %%
+# Package code: tpconv_lite.fast_tp.linear_weighted_tensor_products
+def linear_weighted_tensor_products(
+    products: Sequence[tuple[o3.TensorProduct, Tensor, nn.Linear]], x1: Tensor, x2: Tensor
+) -> list[Tensor]:
+    """``[tp(x1, x2, linear(hidden)) for tp, hidden, linear in products]``: several products of the same inputs.
+
+    The Clebsch-Gordan couplings ``Y_o`` (see the module docstring) depend only on ``x1``, ``x2`` and the paths into
+    an output irrep, not on the weights: products whose paths into an output irrep are the same (same inputs, same
+    normalisation) share them, and they are computed once. EigenFold's attention is the case in point: its keys and
+    values are two tensor products of the same source features and edge harmonics, with weights from two MLPs and
+    output multiplicities in the ratio 1 : 2.
+
+    Args:
+        products: ``(tp, hidden, linear)`` triples as in :func:`linear_weighted_tensor_product`, all of whose
+            ``tp`` have the same ``irreps_in1`` and ``irreps_in2``; ``hidden`` is (E, linear.in_features).
+        x1: (E, irreps_in1.dim).
+        x2: (E, irreps_in2.dim).
+
+    Returns:
+        One (E, tp.irreps_out.dim) tensor per product.
+    """
+    if not products:
+        raise ValueError("products must hold at least one (tp, hidden, linear) triple, got none")
+    first = products[0][0]
+    for tp, hidden, linear in products:
+        _check(tp, x1, x2)
+        if tp.irreps_in1 != first.irreps_in1 or tp.irreps_in2 != first.irreps_in2:
+            raise ValueError(
+                f"the products must share their inputs' irreps, got {first.irreps_in1} x {first.irreps_in2} and "
+                f"{tp.irreps_in1} x {tp.irreps_in2}"
+            )
+        if not isinstance(linear, nn.Linear) or linear.out_features != tp.weight_numel:
+            raise ValueError(f"linear must be an nn.Linear with out_features = tp.weight_numel = {tp.weight_numel}")
+        if x1.dim() != 2 or not isinstance(hidden, Tensor) or hidden.shape != (x1.shape[0], linear.in_features):
+            shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
+            raise ValueError(
+                f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
+                f"got {tuple(x1.shape)} and {shape}"
+            )
+    x1, x2 = _EdgeLast.apply(x1), _EdgeLast.apply(x2)
+    shared: dict = {}  # the couplings, computed by the first product that needs them
+    outputs = []
+    for tp, hidden, linear in products:
+        rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
+        hidden_t, a, b = hidden.T, linear.weight, linear.bias  # hidden_t: (in_features, E)
+        weights = [a[r] @ hidden_t if b is None else torch.addmm(b[r, None], a[r], hidden_t) for r in rows]
+        outputs.append(_EdgeLast.apply(_edge_last_product(tp, x1, x2, weights, shared)))
+    return outputs
+
 
 # %%
 # Package code: tpconv_lite.fast_tp.linear_weighted_tensor_product
@@ -358,15 +454,36 @@ def linear_weighted_tensor_product(
             f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
             f"got {tuple(x1.shape)} and {shape}"
         )
-    rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
-    hidden, a, b = hidden.T, linear.weight, linear.bias  # hidden: (in_features, E)
-    weights = [a[r] @ hidden if b is None else torch.addmm(b[r, None], a[r], hidden) for r in rows]  # (mul_o U_o, E)
-    return _EdgeLast.apply(_edge_last_product(tp, _EdgeLast.apply(x1), _EdgeLast.apply(x2), weights))
+    return linear_weighted_tensor_products([(tp, hidden, linear)], x1, x2)[0]
+
+
+# %%
+# Package code: tpconv_lite.fast_tp.bilinear_matrix
+def bilinear_matrix(tp: o3.TensorProduct) -> Tensor:
+    """The matrix ``M`` of a tensor product with shared weights: ``tp(x1, x2)[o] = sum_ij x1[i] M[i, j, o] x2[j]``.
+
+    With its weights fixed, a tensor product is a bilinear map, and its values on pairs of basis vectors are its
+    matrix (differentiable with respect to the weights). Evaluating ``tp(x1[index], x2)`` on many rows through ``M``
+    costs one product per row of ``x1`` and a dot product per row of ``x2``: EigenFold's attention logits
+    ``dot(query[target], key)``, one per edge, are ``((query @ M)[target] * key).sum()``.
+
+    Args:
+        tp: an ``o3.TensorProduct`` with shared weights (e.g. ``o3.FullyConnectedTensorProduct(a, b, "0e")``).
+
+    Returns:
+        (irreps_in1.dim, irreps_in2.dim, irreps_out.dim), in the dtype and on the device of ``tp``'s weights.
+    """
+    if not isinstance(tp, o3.TensorProduct) or not tp.internal_weights:
+        raise ValueError(f"tp must be an o3.TensorProduct with internal (shared) weights, got {tp!r}")
+    d1, d2 = tp.irreps_in1.dim, tp.irreps_in2.dim
+    options = {"dtype": tp.weight.dtype, "device": tp.weight.device}
+    pairs = torch.eye(d1, **options).repeat_interleave(d2, dim=0), torch.eye(d2, **options).repeat(d1, 1)  # (d1 d2, d)
+    return tp(*pairs).view(d1, d2, tp.irreps_out.dim)
 
 
 # %% [markdown]
-# First, the function on its own: with the same linear layer, it gives what e3nn's tensor product gives on that
-# layer's output.
+# First, the functions on their own: with the same linear layers, they give what e3nn's tensor products give on
+# those layers' outputs, and the matrix of `dot` gives what `dot` gives.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -376,6 +493,22 @@ hidden, linear = torch.randn(200, 128, generator=generator), ours.fc[-1]
 with torch.no_grad():
     fast, e3nn_way = linear_weighted_tensor_product(tp, x1, x2, hidden, linear), tp(x1, x2, linear(hidden))
 print("same as tp(x1, x2, linear(h)) (rel. diff < 1e-5):", bench.relative_difference(fast, e3nn_way) < 1e-5)
+
+_, attention_layer = bench.default_layers(attention=True)
+key_tp, key_linear = attention_layer.tp_k, attention_layer.fc_k[-1]
+with torch.no_grad():
+    keys, values = linear_weighted_tensor_products([(key_tp, hidden, key_linear), (tp, hidden, linear)], x1, x2)
+    e3nn_keys = key_tp(x1, x2, key_linear(hidden))
+print("keys and values with shared couplings, same as e3nn's (rel. diff < 1e-5):",
+      bench.relative_difference(keys, e3nn_keys) < 1e-5 and bench.relative_difference(values, e3nn_way) < 1e-5)
+
+dot = attention_layer.dot
+queries = torch.randn(200, dot.irreps_in1.dim, generator=generator)
+with torch.no_grad():
+    m = bilinear_matrix(dot)
+    logits = ((queries @ m[:, :, 0]) * keys).sum(1, keepdim=True)
+print("matrix of dot:", tuple(m.shape), "| q M k == dot(q, k) (rel. diff < 1e-5):",
+      bench.relative_difference(logits, dot(queries, keys)) < 1e-5)
 
 # %% [markdown]
 # Now the e3nn backward pass that the fast path avoids. The profiler lists every operator autograd runs; count the
@@ -439,11 +572,11 @@ for attention in (False, True):
 # python -m tpconv_lite.bench --device cuda        # on a GPU (CUDA is synchronised around each timing)
 # ```
 #
-# The full run adds the attention variant, graphs up to 256 residues, degrees up to $L = 8$, the pure-torch graph
-# backend against torch_cluster and torch_scatter, and prints everything with `bench.format_report`. From Python,
-# `bench.run_benchmarks(quick=True)` returns the same results as one dict. The report starts with the machine, the
-# thread count and the load average: on a shared computer, a timing taken while other programs run says little, so
-# the contenders always run alternately, in one process, and each reports its median with the minimum and maximum.
+# The full run (no `--quick`) adds graphs of 256 residues, degrees up to $L = 8$ with 16 features, a cloud of 3000
+# points, memory at 128 residues, and seven repeats instead of three; it takes several minutes on two cores. The
+# report starts with the machine, the thread count and the load average: on a shared computer, a timing taken while
+# other programs run says little, so the contenders always run alternately, in one process, and each reports its
+# median with the minimum and maximum.
 
 # %% [markdown]
 # ## Summary
@@ -453,12 +586,13 @@ for attention in (False, True):
 # - Measure the machine before judging a time: a large matrix product gives its FLOP/s, a large copy its bytes/s,
 #   and their ratio, the ridge point, says which kind of kernel is limited by what {footcite:p}`williams2009roofline`.
 # - `tpconv_lite.bench` times the package against the original side by side and records how far their outputs
-#   and gradients are apart; the chapter runs its conv-layer, fused and memory sections.
+#   and gradients are apart; the chapter runs all of its four sections with the `--quick` settings.
 # - Checkpointing {footcite:p}`chen2016checkpointing` drops what a layer holds between forward and backward to
 #   almost nothing, for one extra forward pass.
-# - `fast_tp` computes e3nn's per-edge tensor product with the edge axis last, paths grouped by output irrep and the
-#   MLP's last layer folded in, which removes e3nn's zero-filled slice gradients; outputs and gradients are equal
-#   to float rounding.
+# - `fast_tp` computes e3nn's per-edge tensor product with the edge axis last, paths grouped by output irrep, the
+#   MLP's last layer folded in and a hand-written backward pass for the weighted sum, which removes e3nn's
+#   zero-filled slice gradients. With attention, keys and values share their couplings, and the logits go through
+#   the matrix of the bilinear map `dot`. Outputs and gradients are equal to float rounding.
 #
 # This is the last chapter of the core path: the package's layers, their tests and their benchmark are now yours
 # to change and measure.
