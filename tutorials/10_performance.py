@@ -445,15 +445,6 @@ def linear_weighted_tensor_product(
         >>> torch.allclose(linear_weighted_tensor_product(tp, x1, x2, h, linear), tp(x1, x2, linear(h)), atol=1e-6)
         True
     """
-    _check(tp, x1, x2)
-    if not isinstance(linear, nn.Linear) or linear.out_features != tp.weight_numel:
-        raise ValueError(f"linear must be an nn.Linear with out_features = tp.weight_numel = {tp.weight_numel}")
-    if x1.dim() != 2 or not isinstance(hidden, Tensor) or hidden.shape != (x1.shape[0], linear.in_features):
-        shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
-        raise ValueError(
-            f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
-            f"got {tuple(x1.shape)} and {shape}"
-        )
     return linear_weighted_tensor_products([(tp, hidden, linear)], x1, x2)[0]
 
 
