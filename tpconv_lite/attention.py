@@ -165,7 +165,23 @@ class EquivariantAttention(nn.Module):
                 f"edge_index must be a (2, E) long tensor, got {edge_index.dtype} of shape {tuple(edge_index.shape)}"
             )
         edge_src, edge_dst = edge_index
+        edge_length_embedded, edge_weight_cutoff, edge_sh = self.edge_inputs(pos, edge_index)
 
+        q = self.h_q(features)
+        k = self.tp_k(features[edge_src], edge_sh, self.fc_k(edge_length_embedded))
+        v = self.tp_v(features[edge_src], edge_sh, self.fc_v(edge_length_embedded))
+        alpha = edge_softmax(self.dot(q[edge_dst], k), edge_dst, n, weight=edge_weight_cutoff)
+        return scatter(_sqrt_or_zero(alpha) * v, edge_dst, dim=0, dim_size=n)
+
+    def edge_inputs(self, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What the layer computes from the geometry of each edge ``j -> i``, with ``r_ij = pos[j] - pos[i]``.
+
+        Returns:
+            ``edge_length_embedded`` (E, number_of_basis), the smooth radial basis of ``|r_ij|`` scaled by
+            ``sqrt(number_of_basis)``; ``edge_weight_cutoff`` (E,), which falls smoothly to 0 at ``max_radius``; and
+            ``edge_sh`` (E, irreps_sh.dim), the spherical harmonics of ``r_ij``.
+        """
+        edge_src, edge_dst = edge_index
         edge_vec = pos[edge_src] - pos[edge_dst]
         edge_length = edge_vec.norm(dim=1)
         edge_length_embedded = soft_one_hot_linspace(
@@ -173,9 +189,4 @@ class EquivariantAttention(nn.Module):
         ).mul(math.sqrt(self.number_of_basis))
         edge_weight_cutoff = soft_unit_step(10 * (1 - edge_length / self.max_radius))
         edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
-
-        q = self.h_q(features)
-        k = self.tp_k(features[edge_src], edge_sh, self.fc_k(edge_length_embedded))
-        v = self.tp_v(features[edge_src], edge_sh, self.fc_v(edge_length_embedded))
-        alpha = edge_softmax(self.dot(q[edge_dst], k), edge_dst, n, weight=edge_weight_cutoff)
-        return scatter(_sqrt_or_zero(alpha) * v, edge_dst, dim=0, dim_size=n)
+        return edge_length_embedded, edge_weight_cutoff, edge_sh

@@ -465,7 +465,23 @@ class EquivariantAttention(nn.Module):
                 f"edge_index must be a (2, E) long tensor, got {edge_index.dtype} of shape {tuple(edge_index.shape)}"
             )
         edge_src, edge_dst = edge_index
+        edge_length_embedded, edge_weight_cutoff, edge_sh = self.edge_inputs(pos, edge_index)
 
+        q = self.h_q(features)
+        k = self.tp_k(features[edge_src], edge_sh, self.fc_k(edge_length_embedded))
+        v = self.tp_v(features[edge_src], edge_sh, self.fc_v(edge_length_embedded))
+        alpha = edge_softmax(self.dot(q[edge_dst], k), edge_dst, n, weight=edge_weight_cutoff)
+        return scatter(_sqrt_or_zero(alpha) * v, edge_dst, dim=0, dim_size=n)
+
+    def edge_inputs(self, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What the layer computes from the geometry of each edge ``j -> i``, with ``r_ij = pos[j] - pos[i]``.
+
+        Returns:
+            ``edge_length_embedded`` (E, number_of_basis), the smooth radial basis of ``|r_ij|`` scaled by
+            ``sqrt(number_of_basis)``; ``edge_weight_cutoff`` (E,), which falls smoothly to 0 at ``max_radius``; and
+            ``edge_sh`` (E, irreps_sh.dim), the spherical harmonics of ``r_ij``.
+        """
+        edge_src, edge_dst = edge_index
         edge_vec = pos[edge_src] - pos[edge_dst]
         edge_length = edge_vec.norm(dim=1)
         edge_length_embedded = soft_one_hot_linspace(
@@ -473,12 +489,7 @@ class EquivariantAttention(nn.Module):
         ).mul(math.sqrt(self.number_of_basis))
         edge_weight_cutoff = soft_unit_step(10 * (1 - edge_length / self.max_radius))
         edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
-
-        q = self.h_q(features)
-        k = self.tp_k(features[edge_src], edge_sh, self.fc_k(edge_length_embedded))
-        v = self.tp_v(features[edge_src], edge_sh, self.fc_v(edge_length_embedded))
-        alpha = edge_softmax(self.dot(q[edge_dst], k), edge_dst, n, weight=edge_weight_cutoff)
-        return scatter(_sqrt_or_zero(alpha) * v, edge_dst, dim=0, dim_size=n)
+        return edge_length_embedded, edge_weight_cutoff, edge_sh
 
 
 # %% [markdown]
@@ -505,6 +516,7 @@ with torch.no_grad():
 # %% [markdown]
 # The later sections need to switch pieces off, so here is the layer's forward once more as a function, stopped before
 # its last line: it returns the weights $\alpha_{ij}$ and the values $v_{ij}$, and can leave out the cutoff weight.
+# The edge embedding, cutoff weight and harmonics come from `layer.edge_inputs`, the method `forward` uses too.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -513,13 +525,8 @@ def weights_and_values(
 ) -> tuple[Tensor, Tensor]:
     """alpha (E, 1) and values (E, irreps_output.dim) of `layer`, optionally without the cutoff weight."""
     edge_src, edge_dst = edge_index
-    edge_vec = pos[edge_src] - pos[edge_dst]
-    edge_length = edge_vec.norm(dim=1)
-    embedded = soft_one_hot_linspace(
-        edge_length, 0.0, layer.max_radius, layer.number_of_basis, basis="smooth_finite", cutoff=True
-    ).mul(layer.number_of_basis**0.5)
-    weight = soft_unit_step(10 * (1 - edge_length / layer.max_radius)) if cutoff_weight else None
-    edge_sh = o3.spherical_harmonics(layer.irreps_sh, edge_vec, normalize=True, normalization="component")
+    embedded, weight, edge_sh = layer.edge_inputs(pos, edge_index)
+    weight = weight if cutoff_weight else None
     k = layer.tp_k(f[edge_src], edge_sh, layer.fc_k(embedded))
     v = layer.tp_v(f[edge_src], edge_sh, layer.fc_v(embedded))
     alpha = edge_softmax(layer.dot(layer.h_q(f)[edge_dst], k), edge_dst, f.shape[0], weight=weight)
@@ -786,15 +793,9 @@ print("gradients finite:", bool(torch.isfinite(large.grad).all()))
 def plain_attention(layer: EquivariantAttention, f: Tensor, pos: Tensor, edge_index: Tensor) -> Tensor:
     """The layer with the guide's plain softmax and square root: exp(score) w / z, then alpha.sqrt()."""
     edge_src, edge_dst = edge_index
-    edge_vec = pos[edge_src] - pos[edge_dst]
-    edge_length = edge_vec.norm(dim=1)
-    embedded = soft_one_hot_linspace(
-        edge_length, 0.0, layer.max_radius, layer.number_of_basis, basis="smooth_finite", cutoff=True
-    ).mul(layer.number_of_basis**0.5)
-    edge_sh = o3.spherical_harmonics(layer.irreps_sh, edge_vec, normalize=True, normalization="component")
+    embedded, weight, edge_sh = layer.edge_inputs(pos, edge_index)
     k = layer.tp_k(f[edge_src], edge_sh, layer.fc_k(embedded))
     v = layer.tp_v(f[edge_src], edge_sh, layer.fc_v(embedded))
-    weight = soft_unit_step(10 * (1 - edge_length / layer.max_radius))
     exp = weight[:, None] * layer.dot(layer.h_q(f)[edge_dst], k).exp()
     alpha = exp / scatter(exp, edge_dst, dim=0, dim_size=f.shape[0])[edge_dst]
     return scatter(alpha.sqrt() * v, edge_dst, dim=0, dim_size=f.shape[0])
