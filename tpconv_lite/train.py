@@ -42,6 +42,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -620,7 +621,9 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
                 optimizer.step()
             else:
                 skipped = True
-        scheduler.step()
+        with warnings.catch_warnings():  # EigenFold steps the schedule on skipped steps too; torch warns about it
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            scheduler.step()
 
         record = {"step": step, "loss": float(totals[0]) / processes.world_size,
                   "base_loss": float(totals[1]) / processes.world_size, "lr": lr,
