@@ -40,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -54,7 +55,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from tpconv_lite.score_model import ResiLevelTensorProductScoreModel, ScoreModelConfig
+from tpconv_lite.conditioning import LM_EDGE_DIM, LM_NODE_DIM, chain_conditioning
+from tpconv_lite.harmonic import HarmonicConfig, HarmonicDiffusion, harmonic_loss
+from tpconv_lite.proteins import load_chain, load_dataset
+from tpconv_lite.score_model import ChainBatch, ResiLevelTensorProductScoreModel, ScoreModelConfig
 
 CHECKPOINT_FORMAT = "tpconv_lite.train checkpoint"
 CHECKPOINT_VERSION = 1
@@ -87,6 +91,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 # Model fields set by the conditioning features, never on the command line.
 FEATURE_FIELDS = ("lm_node_dim", "lm_edge_dim")
+# The harmonic diffusion's training settings (HarmonicConfig, EigenFold's names and published values); the
+# sampling settings are options of python -m tpconv_lite.sample.
+DIFFUSION_FIELDS = ("sde_a", "sde_b", "train_Hf", "train_tmin", "train_cutoff", "train_kmin", "inf_step")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,6 +126,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     hyper.add_argument("--seed", type=int, default=None, help="seed of the initialisation, data order and noise")
     for name, default in OPTIM_DEFAULTS.items():
         hyper.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=None)
+    for name in DIFFUSION_FIELDS:
+        default = getattr(HarmonicConfig(), name)
+        hyper.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=None)
     for field in dataclasses.fields(ScoreModelConfig):
         if field.name in FEATURE_FIELDS:
             continue
@@ -146,17 +156,21 @@ def hyperparameters(args: argparse.Namespace) -> dict:
     """The run's hyperparameters as a plain dict: the preset, overridden by the options given.
 
     Returns ``{"preset", "seed", "optim": {...}, "model": {...}, "diffusion": {...}}``; ``model`` holds every
-    :class:`ScoreModelConfig` field (the feature sizes come from the conditioning module).
+    :class:`ScoreModelConfig` field (the feature sizes come from the conditioning module), ``diffusion`` the
+    training fields of :class:`~tpconv_lite.harmonic.HarmonicConfig` (EigenFold's values in every preset).
     """
     preset = PRESETS[args.preset]
     optim = {**OPTIM_DEFAULTS, **preset["optim"]}
     optim.update({k: getattr(args, k) for k in OPTIM_DEFAULTS if getattr(args, k) is not None})
-    model = dataclasses.asdict(ScoreModelConfig(**{k: v for k, v in preset["model"].items()}, **feature_dims()))
+    model = dataclasses.asdict(ScoreModelConfig(**preset["model"], lm_node_dim=LM_NODE_DIM, lm_edge_dim=LM_EDGE_DIM))
     model.update({k: getattr(args, k) for k in model if k not in FEATURE_FIELDS and getattr(args, k, None) is not None})
+    diffusion = {name: getattr(HarmonicConfig(), name) for name in DIFFUSION_FIELDS}
+    diffusion.update({k: getattr(args, k) for k in DIFFUSION_FIELDS if getattr(args, k) is not None})
     ScoreModelConfig(**model)  # validates
+    HarmonicConfig(**diffusion)
     check_optim(optim)
     seed = 0 if args.seed is None else args.seed
-    return {"preset": args.preset, "seed": seed, "optim": optim, "model": model, "diffusion": diffusion_config()}
+    return {"preset": args.preset, "seed": seed, "optim": optim, "model": model, "diffusion": diffusion}
 
 
 def check_optim(optim: dict) -> None:
@@ -174,7 +188,7 @@ def check_optim(optim: dict) -> None:
 
 def given_hyperparameters(args: argparse.Namespace) -> dict[str, object]:
     """The hyperparameters set explicitly on the command line, by name."""
-    names = ["seed", *OPTIM_DEFAULTS, *(f.name for f in dataclasses.fields(ScoreModelConfig))]
+    names = ["seed", *OPTIM_DEFAULTS, *DIFFUSION_FIELDS, *(f.name for f in dataclasses.fields(ScoreModelConfig))]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -350,7 +364,26 @@ def crop(chain, length: int, generator: torch.Generator):
 
 
 def build_model(model_config: dict, device: torch.device) -> ResiLevelTensorProductScoreModel:
+    """The score model of a :class:`ScoreModelConfig` stored as a dict (float32, on ``device``)."""
     return ResiLevelTensorProductScoreModel(ScoreModelConfig(**model_config)).to(device)
+
+
+def build_diffusion(diffusion_config: dict, device: torch.device, **sampling) -> HarmonicDiffusion:
+    """The harmonic diffusion of the stored training settings, with sampling settings of HarmonicConfig on top
+    (``inf_step`` is both: the step of the training kernel's time table and of the sampler's schedule; like
+    EigenFold's ``inference.py``, a sampler may change it)."""
+    return HarmonicDiffusion(HarmonicConfig(**{**diffusion_config, **sampling}), device=device)
+
+
+def noised_batch(chains: Sequence, diffusion: HarmonicDiffusion, generator: torch.Generator,
+                 device: torch.device) -> tuple[ChainBatch, Tensor]:  # fmt: skip
+    """The chains noised by the forward kernel and packed for the model (float32), with their (N, 3) true score.
+
+    Each chain is conditioned on its sequence and secondary structure (:mod:`tpconv_lite.conditioning`).
+    """
+    features = [chain_conditioning(c.sequence, c.ss, device=device) for c in chains]
+    return diffusion.noised_batch([c.pos for c in chains], [f[0] for f in features], [f[1] for f in features],
+                                  generator=generator, dtype=torch.float32)  # fmt: skip
 
 
 def lr_factor(step: int, warmup_dur: float, constant_dur: float, decay_dur: float, lr_start: float,
@@ -454,7 +487,8 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises many kinds for a file that is not a torch checkpoint
-        raise ValueError(f"{path} is not a tpconv_lite.train checkpoint: torch.load failed ({error})") from error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path} is not a tpconv_lite.train checkpoint (torch.load: {first_line})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         what = type(checkpoint).__name__ if not isinstance(checkpoint, dict) else f"dict with {sorted(checkpoint)[:6]}"
         raise ValueError(f"{path} is not a tpconv_lite.train checkpoint (expected format {CHECKPOINT_FORMAT!r}, got a "
@@ -499,7 +533,7 @@ def heldout_loss(model: nn.Module, chains: Sequence, diffusion, crop_length: int
             generator = torch.Generator().manual_seed(seed * 1_000_003 + 999_983 + i)
             chain = crop(chains[i], crop_length, generator)
             data, score = noised_batch([chain], diffusion, generator, processes.device)
-            loss, base_loss = diffusion_loss(score, model(data), data)
+            loss, base_loss = harmonic_loss(data, model(data), score)
             sums += torch.tensor([loss.item(), base_loss.item(), 1.0], dtype=torch.float64)
     sums = all_reduce(sums, processes)
     model.train()
@@ -528,7 +562,7 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
     if args.resume and checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
         hyper = checkpoint["hyperparameters"]
-        stored = {"seed": hyper["seed"], **hyper["optim"], **hyper["model"]}
+        stored = {"seed": hyper["seed"], **hyper["optim"], **hyper["diffusion"], **hyper["model"]}
         conflicts = {k: (v, stored[k]) for k, v in given_hyperparameters(args).items() if stored.get(k) != v}
         if conflicts:
             text = ", ".join(f"{k}={v!r} (checkpoint: {s!r})" for k, (v, s) in conflicts.items())
@@ -553,7 +587,7 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
 
     torch.manual_seed(seed)  # the same initial parameters on every rank (DDP also broadcasts rank 0's)
     model = build_model(hyper["model"], processes.device)
-    diffusion = build_diffusion(hyper["diffusion"])
+    diffusion = build_diffusion(hyper["diffusion"], processes.device)
     optimizer, scheduler = build_optimizer(model, optim)
     sampler = StepSampler(len(train_chains), optim["batch"], processes, seed)
     generator = seed_process(seed, processes.rank)
@@ -604,7 +638,7 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
         step += 1
         chains = [crop(train_chains[i], optim["crop"], generator) for i in sampler.indices(step)]
         batch, score = noised_batch(chains, diffusion, generator, processes.device)
-        loss, base_loss = diffusion_loss(score, ddp_model(batch), batch)
+        loss, base_loss = harmonic_loss(batch, ddp_model(batch), score)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the ranks here
 
@@ -622,7 +656,7 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
             else:
                 skipped = True
         with warnings.catch_warnings():  # EigenFold steps the schedule on skipped steps too; torch warns about it
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             scheduler.step()
 
         record = {"step": step, "loss": float(totals[0]) / processes.world_size,
@@ -655,53 +689,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
         return train(args, processes)
     finally:
         teardown_processes(processes)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# STAND-IN until the proteins and harmonic branches land (chapter 9's toy diffusion); replaced at the merge.
-from tpconv_lite.diffusion import VESDE, noised_batch as _toy_noised_batch, score_matching_loss, toy_chains  # noqa
-
-
-@dataclasses.dataclass
-class Chain:
-    name: str
-    sequence: str
-    pos: np.ndarray
-    ss: str | None = None
-
-
-def load_dataset(split: str) -> list:
-    g = torch.Generator().manual_seed(0 if split == "train" else 1)
-    n = 12 if split == "train" else 4
-    return [Chain(f"toy{split}{i}", "A" * 30, c.numpy(), "H" * 30)
-            for i, c in enumerate(toy_chains(n, 30, generator=g))]
-
-
-def load_chain(path, chain=None):
-    raise ValueError(f"{path}: stand-in cannot read files")
-
-
-def feature_dims() -> dict:
-    return {"lm_node_dim": 2, "lm_edge_dim": 2}
-
-
-def diffusion_config() -> dict:
-    return {"sigma_min": 0.2, "sigma_max": 8.0}
-
-
-def build_diffusion(config: dict):
-    return VESDE(**config)
-
-
-def noised_batch(chains, diffusion, generator, device):
-    pos = [torch.from_numpy(np.asarray(c.pos)) for c in chains]
-    t = torch.rand(len(chains), generator=generator)
-    data, score = _toy_noised_batch(pos, ["helix"] * len(chains), t, diffusion, generator)
-    return data, score
-
-
-def diffusion_loss(score, pred, data):
-    return score_matching_loss(score, pred, data.score_norm[data.resi.batch])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""Sample chains from a trained score model with EigenFold's reverse diffusion: ``python -m tpconv_lite.sample``.
+
+The checkpoint (written by :mod:`tpconv_lite.train`) holds everything needed to rebuild the model and the
+diffusion it was trained with. Each sample is conditioned on a sequence and, where given, its secondary structure
+(``H`` helix, ``E`` strand, ``-`` other; :mod:`tpconv_lite.conditioning`), starts from the harmonic prior and is
+integrated by :meth:`~tpconv_lite.harmonic.HarmonicDiffusion.reverse_sample`. What comes out is written as a
+CA-only PDB file, untouched: no geometry is fixed afterwards.
+
+The sampler's settings are EigenFold's (``inference.py``) unless given: the rate schedule (``--inf-type``) with
+step ``--inf-step`` 0.5 (a smaller step means more steps; their number follows from the chain's length and the
+step), ``--alpha`` 0 and ``--beta`` 1, stopping at the training ``train_tmin`` (0.01) with noise in the last step;
+``--inf-tmin`` and ``--no-noise-last-step`` change the end.
+
+Each chain draws its noise from its own generator seeded from ``--seed`` and its position in the list, so a
+chain's sample does not depend on which other chains are sampled with it.
+
+Examples::
+
+    python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
+    python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss -HHHHHHHH- \\
+        --name mine --out samples/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from tpconv_lite.conditioning import RESIDUE_TYPES, SECONDARY_STRUCTURES, chain_conditioning
+from tpconv_lite.harmonic import SCHEDULES, HarmonicConfig, HarmonicDiffusion
+from tpconv_lite.proteins import load_dataset, write_pdb
+from tpconv_lite.score_model import ResiLevelTensorProductScoreModel
+from tpconv_lite.train import build_diffusion, build_model, load_checkpoint
+
+SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", **sampling
+) -> tuple[ResiLevelTensorProductScoreModel, HarmonicDiffusion, dict]:
+    """The trained model (eval mode) and its diffusion from a :mod:`tpconv_lite.train` checkpoint.
+
+    Args:
+        path: the checkpoint.
+        device: where the model and the sampler compute.
+        sampling: sampling fields of :class:`~tpconv_lite.harmonic.HarmonicConfig` (``inf_step``, ``inf_tmin``,
+            ...); the training fields come from the checkpoint.
+
+    Returns:
+        ``(model, diffusion, checkpoint)``.
+    """
+    checkpoint = load_checkpoint(Path(path))
+    device = torch.device(device)
+    hyper = checkpoint["hyperparameters"]
+    model = build_model(hyper["model"], device)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    return model, build_diffusion(hyper["diffusion"], device, **sampling), checkpoint
+
+
+def check_chain(sequence: str, ss: str | None, what: str = "--sequence") -> None:
+    """Raise ValueError naming the problem when ``sequence``/``ss`` cannot condition a sample."""
+    if len(sequence) < 2:
+        raise ValueError(f"{what}: a chain needs at least 2 residues, got {len(sequence)}")
+    unknown = sorted(set(sequence) - set(RESIDUE_TYPES))
+    if unknown:
+        raise ValueError(f"{what}: letters {unknown} are not one-letter residue codes (expected {RESIDUE_TYPES})")
+    if ss is not None:
+        if len(ss) != len(sequence):
+            raise ValueError(f"--ss has {len(ss)} letters, the sequence {len(sequence)}: give one per residue")
+        unknown = sorted(set(ss) - set(SECONDARY_STRUCTURES))
+        if unknown:
+            raise ValueError(f"--ss: letters {unknown} are not secondary structures (expected one of "
+                             f"{SECONDARY_STRUCTURES!r}: helix, strand, other)")  # fmt: skip
+
+
+def sample_chains(
+    model: ResiLevelTensorProductScoreModel,
+    diffusion: HarmonicDiffusion,
+    sequences: Sequence[str],
+    ss: Sequence[str | None],
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Tensor]:
+    """One sample per sequence, all in one batch; chain ``i`` draws from a generator seeded ``(seed, i)``.
+
+    Args:
+        model: the score model (float32).
+        diffusion: the harmonic diffusion, with its sampling settings.
+        sequences: B one-letter sequences.
+        ss: B secondary-structure strings (or None each).
+        seed: seed of the noise.
+        progress: a tqdm bar over the reverse steps.
+
+    Returns:
+        B tensors (n_b, 3) of CA positions in Å (float32, on the CPU).
+    """
+    for sequence, structure in zip(sequences, ss, strict=True):
+        check_chain(sequence, structure)
+    device = next(model.parameters()).device
+    features = [chain_conditioning(q, s, device=device) for q, s in zip(sequences, ss)]
+    generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(len(sequences))]
+    samples = diffusion.reverse_sample(model, [f[0] for f in features], [f[1] for f in features],
+                                       generator=generators, progress=progress)  # fmt: skip
+    return [y.to("cpu", torch.float32) for y in samples]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tpconv_lite.sample",
+                                     description="Sample CA chains from a trained score model.")  # fmt: skip
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of python -m tpconv_lite.train")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--test", action="store_true", help="one sample per held-out chain of the embedded dataset")
+    what.add_argument("--sequence", help="one-letter sequence of the chain to sample")
+    parser.add_argument("--ss", default=None, help="its secondary structure, one of H, E, - per residue")
+    parser.add_argument("--name", default="sample", help="file name (NAME.pdb) of a --sequence sample")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the PDB files")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    defaults = HarmonicConfig()
+    parser.add_argument("--inf-type", choices=sorted(SCHEDULES), default=defaults.inf_type, help="schedule")
+    parser.add_argument("--inf-step", type=float, default=None,
+                        help="step of the schedule (smaller: more steps; default: the checkpoint's, 0.5)")  # fmt: skip
+    parser.add_argument("--alpha", type=float, default=defaults.alpha, help="extra Langevin noise")
+    parser.add_argument("--beta", type=float, default=defaults.beta, help="drift weight of the extra noise")
+    parser.add_argument("--inf-tmin", type=float, default=None, help="final time (default: train_tmin)")
+    parser.add_argument("--noise-last-step", dest="inf_noise_last_step", action=argparse.BooleanOptionalAction,
+                        default=defaults.inf_noise_last_step, help="add noise in the last step (EigenFold: yes)")
+    args = parser.parse_args(argv)
+    if args.ss is not None and args.sequence is None:
+        parser.error("--ss goes with --sequence (--test uses each chain's own secondary structure)")
+    if args.sequence is not None:
+        try:
+            check_chain(args.sequence, args.ss)
+        except ValueError as error:
+            parser.error(str(error))
+    if not args.name or "/" in args.name:
+        parser.error(f"--name must be a plain file name, got {args.name!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Run the command line; return the paths written."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    sampling = {name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None}
+    try:
+        model, diffusion, _ = load_model(args.checkpoint, args.device, **sampling)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--checkpoint {args.checkpoint}: no such file") from error
+    except ValueError as error:  # not a checkpoint, or sampling settings out of range
+        raise SystemExit(str(error)) from error
+    if args.test:
+        chains = load_dataset("test")
+        names, sequences, ss = [c.name for c in chains], [c.sequence for c in chains], [c.ss for c in chains]
+    else:
+        names, sequences, ss = [args.name], [args.sequence], [args.ss]
+    samples = sample_chains(model, diffusion, sequences, ss, seed=args.seed, progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, sequence, pos in zip(names, sequences, samples):
+        path = args.out / f"{name}.pdb"
+        write_pdb(pos, path, sequence)
+        paths.append(path)
+    tqdm.write(f"wrote {len(paths)} sample(s) to {args.out}", file=sys.stderr)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
