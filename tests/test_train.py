@@ -15,6 +15,7 @@ import torch
 
 from conftest import ROOT
 from tpconv_lite import train as train_module
+from tpconv_lite.proteins import load_dataset, write_pdb
 from tpconv_lite.train import load_checkpoint, lr_factor, main
 
 TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
@@ -123,6 +124,28 @@ def test_refusals(tmp_path: Path) -> None:
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a tpconv_lite.train checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_bad_files_are_reported_once_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for chain in load_dataset("train")[:2]:
+        write_pdb(chain, data / f"{chain.name}.pdb")
+    (data / "broken.pdb").write_text("this is not a PDB file\n")
+    (data / "empty.cif").write_text("")
+    (data / "notes.txt").write_text("not a structure file: not read")
+    run(tmp_path / "run", 2, "--data", str(data))
+    err = capsys.readouterr().err
+    for name in ("broken.pdb", "empty.cif"):
+        assert err.count(f"skipping {data / name}: ") == 1, err
+    assert "notes.txt" not in err
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data"]["n_train"] == 2
+    with pytest.raises(SystemExit, match="broken.pdb"):
+        run(tmp_path / "strict", 2, "--data", str(data), "--strict")
+    for chain in load_dataset("train")[:2]:
+        (data / f"{chain.name}.pdb").unlink()
+    with pytest.raises(SystemExit, match=r"no usable chain in .* \(2 PDB/mmCIF file"):
+        run(tmp_path / "none", 2, "--data", str(data))
 
 
 def test_large_loss_skips_the_step(tmp_path: Path) -> None:

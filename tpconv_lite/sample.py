@@ -17,7 +17,7 @@ chain's sample does not depend on which other chains are sampled with it.
 Examples::
 
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
-    python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss -HHHHHHHH- \\
+    python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
         --name mine --out samples/
 """
 
@@ -119,7 +119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--test", action="store_true", help="one sample per held-out chain of the embedded dataset")
     what.add_argument("--sequence", help="one-letter sequence of the chain to sample")
-    parser.add_argument("--ss", default=None, help="its secondary structure, one of H, E, - per residue")
+    parser.add_argument("--ss", default=None,
+                        help="its secondary structure, one of H, E, - per residue (--ss=-HH... if it starts with -)")
     parser.add_argument("--name", default="sample", help="file name (NAME.pdb) of a --sequence sample")
     parser.add_argument("--out", type=Path, required=True, help="folder of the PDB files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")

@@ -286,9 +286,10 @@ def load_folder(folder: Path, processes: Processes, strict: bool = False) -> lis
             if len(chain.sequence) < 2:
                 raise ValueError(f"{path}: {len(chain.sequence)} residue(s), need at least 2")
         except (ValueError, OSError) as error:
+            reason = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
             if strict:
-                raise SystemExit(f"unreadable structure file (--strict): {path}: {error}") from error
-            report(processes, f"skipping {path}: {error}")
+                raise SystemExit(f"unreadable structure file (--strict): {reason}") from error
+            report(processes, f"skipping {reason}")
             continue
         chains.append(chain)
     if not chains:

@@ -1,0 +1,89 @@
+"""python -m tpconv_lite.sample: PDB files from a trained checkpoint, reproducible, with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from tpconv_lite import sample as sample_module
+from tpconv_lite.proteins import load_chain, load_dataset
+from tpconv_lite.sample import load_model, main, sample_chains
+from tpconv_lite.train import main as train_main
+
+SEQUENCE, SS = "MKTAYIAKQRQISFVK", "-HHHHHHHHHH--EE-"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train_main(["--preset", "tiny", "--steps", "2", "--out", str(out), "--no-progress", "--threads", "1"])
+    return out / "checkpoint.pt"
+
+
+def sample_file(checkpoint: Path, out: Path, *extra: str) -> Path:
+    main(["--checkpoint", str(checkpoint), "--sequence", SEQUENCE, f"--ss={SS}", "--name", "mine", "--out", str(out),
+          "--no-progress", *extra])  # fmt: skip
+    return out / "mine.pdb"
+
+
+def test_a_sequence_gives_a_ca_pdb_that_reads_back(checkpoint: Path, tmp_path: Path) -> None:
+    path = sample_file(checkpoint, tmp_path / "a")
+    chain = load_chain(path)
+    assert chain.sequence == SEQUENCE and chain.pos.shape == (len(SEQUENCE), 3)
+    assert torch.isfinite(chain.pos).all() and chain.pos.std() > 0.5
+    assert sample_file(checkpoint, tmp_path / "b").read_text() == path.read_text()
+    assert sample_file(checkpoint, tmp_path / "c", "--seed", "1").read_text() != path.read_text()
+
+
+def test_a_chain_does_not_depend_on_the_others_in_its_batch(checkpoint: Path) -> None:
+    model, diffusion, _ = load_model(checkpoint)
+    alone = sample_chains(model, diffusion, [SEQUENCE], [SS], seed=3)
+    together = sample_chains(model, diffusion, [SEQUENCE, "GSGSGSGSGS"], [SS, None], seed=3)
+    assert len(together) == 2 and together[1].shape == (10, 3)
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_end_options_change_the_sample(checkpoint: Path, tmp_path: Path) -> None:
+    default = sample_file(checkpoint, tmp_path / "a").read_text()
+    assert sample_file(checkpoint, tmp_path / "b", "--no-noise-last-step").read_text() != default
+    assert sample_file(checkpoint, tmp_path / "c", "--inf-tmin", "0.002").read_text() != default
+
+
+def test_test_writes_one_pdb_per_heldout_chain(checkpoint: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """--test on the held-out chains, cut to their first 14 residues to keep the test short."""
+    short = [dataclasses.replace(c, sequence=c.sequence[:14], pos=c.pos[:14], ss=c.ss[:14])
+             for c in load_dataset("test")[:3]]  # fmt: skip
+    monkeypatch.setattr(sample_module, "load_dataset", lambda split: short if split == "test" else None)
+    paths = main(["--checkpoint", str(checkpoint), "--test", "--out", str(tmp_path), "--no-progress"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{c.name}.pdb" for c in short)
+    for chain, path in zip(short, paths):
+        assert load_chain(path).sequence == chain.sequence
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--sequence", "MKTAY", "--ss", "HHH"], "--ss has 3 letters, the sequence 5"),
+        (["--sequence", "MKTAYB"], "letters ['B'] are not one-letter residue codes"),
+        (["--sequence", "MKTAY", "--ss", "HHCHH"], "letters ['C'] are not secondary structures"),
+        (["--sequence", "M"], "at least 2 residues"),
+        (["--test", "--ss", "HH"], "--ss goes with --sequence"),
+    ],
+)
+def test_bad_input_is_named(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, arguments: list,
+                            message: str) -> None:  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), *arguments])
+    assert message in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(SystemExit, match="is not a tpconv_lite.train checkpoint"):
+        main(["--checkpoint", str(tmp_path / "log.jsonl"), "--sequence", "MKTAY", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--checkpoint", str(tmp_path / "missing.pt"), "--sequence", "MKTAY", "--out", str(tmp_path)])
