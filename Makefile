@@ -15,7 +15,7 @@ endif
 NBVAL := -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 NOTEBOOKS ?= $(sort $(wildcard tutorials/[0-9][0-9]_*.py))
 
-.PHONY: book test execute venv browser clean
+.PHONY: book test test-slow execute venv browser clean
 
 book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
@@ -24,6 +24,9 @@ book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors
 test: $(STAMP) browser  ## unit tests, notebook checks, nbval over every chapter, the book build
 	@$(BIN)/python -m pytest tests tutorials $(NBVAL); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; exit $$status
+
+test-slow: $(STAMP)  ## the long checks marked slow (training runs, the torchrun restart test)
+	$(BIN)/python -m pytest tests -m slow
 
 execute: $(STAMP)  ## regenerate each chapter's .ipynb from its .py and run it top to bottom in a clean kernel
 	@for py in $(NOTEBOOKS); do \
