@@ -239,6 +239,6 @@ def test_torchrun_brings_a_killed_worker_back_and_the_run_finishes(tmp_path: Pat
     assert agent.returncode == 0, output[-4000:]
     records = log_lines(out)
     assert [r["step"] for r in records] == list(range(1, steps + 1))
-    assert records[0]["restarts"] == 0 and records[-1]["restarts"] >= 1, output[-6000:]
+    assert records[0]["restarts"] == 0 and records[-1]["restarts"] == 1, output[-6000:]
     assert load_checkpoint(out / "checkpoint.pt")["step"] == steps
-    print(f"restart test: {elapsed:.1f} s")
+    print(f"restart test: {elapsed:.1f} s, {records[-1]['restarts']} restart(s)")

@@ -75,9 +75,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                    resi_pos_emb_dim=8, t_emb_dim=8, radius_emb_dim=16),  # fmt: skip
         optim=dict(lr=1e-3, crop=40),
     ),
-    # The small model of issue 19: 3 layers, 16 scalars and 4 vectors, radial MLPs 32 wide.
+    # The small model of issue 19: 3 layers, 16 scalars and 4 vectors, radial MLPs 32 wide (57k parameters).
     "small": dict(
-        model=dict(resi_conv_layers=3, resi_ns=16, resi_nv=4, resi_ntps=8, resi_ntpv=2, resi_fc_dim=32),
+        model=dict(resi_conv_layers=3, resi_ns=16, resi_nv=4, resi_ntps=16, resi_ntpv=4, resi_fc_dim=32),
         optim=dict(lr=1e-3),
     ),
     # EigenFold's pretrained_model/args.yaml (its model, optimiser and schedule; batch 1, chains up to 1500).
@@ -230,7 +230,17 @@ def setup_processes(device: str) -> Processes:
         chosen = torch.device("cuda", local_rank if world_size > 1 else (chosen.index or 0))
         torch.cuda.set_device(chosen)
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun's agent keeps one store across restarts: the keys a killed group left there (the gloo
+            # addresses of its ranks) would mislead the new one, so each attempt works under its own prefix.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                  is_master=False)  # fmt: skip
+            store = dist.PrefixStore(f"tpconv_lite/attempt_{restart}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return Processes(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
 
 
