@@ -8,11 +8,13 @@ In the eigenbasis ``J = P diag(D) P^T`` the process is N independent scalar proc
 
     ``x_j(t) = exp(-D_j t / 2) x_j(0) + sqrt(lambda_j(t)) z_j``,   ``lambda_j(t) = (1 - exp(-D_j t)) / D_j``
 
-(:meth:`HarmonicSDE.eigens`). ``D_0 = 0`` is the centre of mass, which never gets noise here; the smooth,
-low-``D`` modes lose their memory of ``x(0)`` first and the sharp, high-``D`` ones last, so the reverse process
-builds a structure coarse to fine. Only the first ``k`` non-centre modes are noised at time ``t``: those with
-``D_j t < train_cutoff`` (at least ``train_kmin``); the others still sit at their (scaled) clean values, and the
-sampler *injects* each mode with the noise of the time at which it enters (:meth:`HarmonicSDE.inject`).
+(:meth:`HarmonicSDE.eigens`). ``D_0 = 0`` is the centre of mass, which never gets noise here. The sharp,
+high-``D`` modes forget ``x(0)`` first (the mean of mode ``j`` decays as ``exp(-D_j t / 2)``) and the smooth,
+low-``D`` ones last. A mode with ``D_j t >= train_cutoff`` has almost forgotten ``x(0)`` (a fraction
+``exp(-D_j t) < 1%`` of its variance is signal at EigenFold's cut-off of 5), so the kernel keeps only
+the first ``k`` non-centre modes, those with ``D_j t < train_cutoff`` (at least ``train_kmin``), and sets the
+others to zero. Going backwards, the sampler starts from a smooth curve on a few modes and *injects* each finer
+mode, with the kernel's noise at the time it enters (:meth:`HarmonicSDE.inject`): a structure built coarse to fine.
 
 Names, arguments and formulas are EigenFold's (``diffusion/sde.py``, ``diffusion/schedule.py``,
 ``diffusion/sampling.py``, ``utils/training.py``, ``utils/dataset.py``): :class:`HarmonicSDE` (``D``, ``P``,
