@@ -21,6 +21,17 @@ from tpconv_lite.embeddings import GaussianFourierProjection, get_timestep_embed
 from tpconv_lite.fused import FusedTensorProduct, e3x_irreps, e3x_to_irreps, irreps_to_e3x
 from tpconv_lite.graph import knn_graph, radius_graph, scatter
 from tpconv_lite.irreps import irreps_to_rs, rs_to_irreps
+from tpconv_lite.metrics import (
+    ca_ca_distances,
+    clash_fraction,
+    compare_structures,
+    kabsch_rmsd,
+    radius_of_gyration,
+    structure_measures,
+    tm_score,
+    virtual_angles,
+)
+from tpconv_lite.proteins import Chain, build_dataset, load_chain, load_dataset, write_pdb
 from tpconv_lite.radial import GaussianSmearing, RadialMLP, cosine_basis
 from tpconv_lite.score_model import ChainBatch, ResidueGraph, ResiLevelTensorProductScoreModel, ScoreModelConfig
 from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance, random_o3
@@ -31,9 +42,14 @@ __all__ = [
     "__version__",
     "assert_equivariant",
     "benzene",
+    "build_dataset",
+    "ca_ca_distances",
     "ca_dihedrals",
+    "Chain",
     "ChainBatch",
     "check_equivariance",
+    "clash_fraction",
+    "compare_structures",
     "cosine_basis",
     "e3x_irreps",
     "e3x_to_irreps",
@@ -48,11 +64,15 @@ __all__ = [
     "ideal_helix",
     "irreps_to_e3x",
     "irreps_to_rs",
+    "kabsch_rmsd",
     "knn_graph",
+    "load_chain",
+    "load_dataset",
     "Molecule",
     "PointConvolution",
     "RadialMLP",
     "radius_graph",
+    "radius_of_gyration",
     "random_o3",
     "ResidueGraph",
     "ResiLevelTensorProductScoreModel",
@@ -62,8 +82,12 @@ __all__ = [
     "score_matching_loss",
     "ScoreModelConfig",
     "sinusoidal_embedding",
+    "structure_measures",
     "TensorProductConvLayer",
+    "tm_score",
     "toy_chains",
     "train_score_model",
     "VESDE",
+    "virtual_angles",
+    "write_pdb",
 ]
