@@ -137,6 +137,7 @@ def _parse(text: str, label: str):
     try:
         if is_cif:
             structure = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
+            structure.merge_chain_parts()  # as gemmi.read_structure does: one chain per id, polymer then the rest
         else:
             structure = gemmi.read_pdb_string(text)
     except (RuntimeError, ValueError, IndexError) as err:
@@ -153,20 +154,20 @@ def _chain_from_text(text: str, label: str, chain: str | None = None) -> Chain:
     structure.remove_alternative_conformations()
     structure.setup_entities()
     model = structure[0]
-    kinds = {ch.name: ch.get_polymer().check_polymer_type().name for ch in model}
-    proteins = [ch for ch in model if kinds[ch.name] in _PEPTIDES]
-    found = ", ".join(f"{name!r} ({kind})" for name, kind in kinds.items())
+    kinds = [(ch, ch.get_polymer().check_polymer_type().name) for ch in model]
+    proteins = [ch for ch, kind in kinds if kind in _PEPTIDES]
+    found = ", ".join(f"{ch.name!r} ({kind})" for ch, kind in kinds)
     if chain is None:
         if not proteins:
             raise ValueError(f"{label}: no protein chain (waters, ligands, nucleic acids do not count); found {found}")
         selected = proteins[0]
     else:
-        matches = [ch for ch in model if ch.name == chain]
+        matches = [(ch, kind) for ch, kind in kinds if ch.name == chain]
         if not matches:
             raise ValueError(f"{label}: no chain {chain!r}; the file holds chains {found}")
-        if kinds[chain] not in _PEPTIDES:
-            raise ValueError(f"{label}: chain {chain!r} is not a protein chain ({kinds[chain]})")
-        selected = matches[0]
+        if not any(kind in _PEPTIDES for _, kind in matches):
+            raise ValueError(f"{label}: chain {chain!r} is not a protein chain ({matches[0][1]})")
+        selected = next(ch for ch, kind in matches if kind in _PEPTIDES)
     residues = [res for res in selected.get_polymer() if res.find_atom("CA", "*") is not None]
     if not residues:
         raise ValueError(f"{label}: chain {selected.name!r} has no residue with a CA atom")
