@@ -329,7 +329,7 @@ def structure_measures(positions: list[Tensor], ss: list[str] | None = None) -> 
         "ca_ca_in_range": _fraction(_in(bonds, CA_CA_RANGE)),
         "left_handed": _fraction(_in(all_dihedrals, LEFT_WINDOW)),
         "right_handed": _fraction(_in(all_dihedrals, RIGHT_WINDOW)),
-        "rg_ratio": float(rg.median()),
+        "rg_ratio": float(rg.quantile(0.5)),
         "clash_fraction": float(sum(int(c) for c, _ in clashes) / max(sum(p for _, p in clashes), 1)),
     }
     if ss is not None:
@@ -338,6 +338,11 @@ def structure_measures(positions: list[Tensor], ss: list[str] | None = None) -> 
         measures["helix_following"] = _fraction(_in(helix, RIGHT_WINDOW))
         measures["strand_following"] = _fraction(strand >= STRAND_ANGLE)
     return measures
+
+
+def _cdf(sorted_sample: Tensor, at: Tensor) -> Tensor:
+    """Empirical distribution function of a sorted float64 sample at the points ``at``, in float64."""
+    return torch.searchsorted(sorted_sample, at, right=True).to(torch.float64) / sorted_sample.numel()
 
 
 def wasserstein_1d(a: Tensor, b: Tensor) -> float:
@@ -350,8 +355,8 @@ def wasserstein_1d(a: Tensor, b: Tensor) -> float:
     if not a.numel() or not b.numel():
         raise ValueError(f"wasserstein_1d needs two non-empty samples, got {a.numel()} and {b.numel()} values")
     grid = torch.cat([a, b]).sort().values
-    cdf_a = torch.searchsorted(a, grid[:-1], right=True) / a.numel()
-    cdf_b = torch.searchsorted(b, grid[:-1], right=True) / b.numel()
+    cdf_a = _cdf(a, grid[:-1])
+    cdf_b = _cdf(b, grid[:-1])
     return float(((cdf_a - cdf_b).abs() * grid.diff()).sum())
 
 
@@ -369,8 +374,7 @@ def circular_wasserstein(a: Tensor, b: Tensor, period: float = 360.0) -> float:
     if not a.numel() or not b.numel():
         raise ValueError(f"circular_wasserstein needs two non-empty samples, got {a.numel()} and {b.numel()} values")
     grid = torch.cat([a.new_zeros(1), a, b, a.new_full((1,), period)]).sort().values
-    cdf_a = torch.searchsorted(a, grid[:-1], right=True) / a.numel()
-    diff = cdf_a - torch.searchsorted(b, grid[:-1], right=True) / b.numel()
+    diff = _cdf(a, grid[:-1]) - _cdf(b, grid[:-1])
     length = grid.diff()
     order = diff.argsort()
     cumulative = length[order].cumsum(0)
