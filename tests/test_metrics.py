@@ -196,14 +196,24 @@ def test_tm_score_adenylate_kinase_open_against_closed():
 
 
 def test_tm_score_against_tm_align(natives):
-    """Perturbed native chains, where TM-align's alignment is the identity: the two scores agree."""
+    """Perturbed native chains: equal to TM-align where its alignment is the identity, never above it otherwise.
+
+    TM-align may shift residues against each other (gaps) to score higher; the index-aligned score cannot.
+    """
     tmtools = pytest.importorskip("tmtools", reason="tmtools (TM-align) is not installed")
     generator = torch.Generator().manual_seed(0)
-    for chain, noise in zip(natives[:3], (1.0, 2.0, 3.0)):
+    identity = 0
+    for chain, noise in zip(natives[:4], (0.5, 1.0, 2.0, 3.0)):
         ref = chain.pos.double()
         pos = ref + noise * torch.randn(ref.shape, dtype=F64, generator=generator)
         result = tmtools.tm_align(pos.numpy(), ref.numpy(), chain.sequence, chain.sequence)
-        assert float(tm_score(pos, ref)) == pytest.approx(result.tm_norm_chain2, abs=0.02)
+        ours = float(tm_score(pos, ref))
+        if "-" not in result.seqxA + result.seqyA:
+            identity += 1
+            assert ours == pytest.approx(result.tm_norm_chain2, abs=2e-3)
+        else:
+            assert ours <= result.tm_norm_chain2 + 2e-3
+    assert identity >= 2
 
 
 # ---------------------------------------------------------------- sets of chains

@@ -239,9 +239,11 @@ def _tm_score_one(pos: Tensor, ref: Tensor, n_iterations: int = 20) -> Tensor:
         steps = torch.clamp(torch.floor((third - cutoff) / 0.5) + 1, min=0)
         cutoff = cutoff + 0.5 * steps
         new = (d < cutoff.unsqueeze(-1)).to(pos.dtype)
-        if torch.equal(new, weight):
+        # a selection fixes the next superposition: follow only the selections that changed, each once
+        changed = (new != weight).any(-1)
+        if not changed.any():
             break
-        weight = new
+        weight = torch.unique(new[changed], dim=0)
     return best
 
 
