@@ -188,7 +188,11 @@ BAD_TEXTS = {
         + "\nEND\n",
         r"no protein chain .*Dna",
     ),
-    "broken mmCIF": ("broken.cif", "data_x\nloop_\n_atom_site.id\n_atom_site.Cartn_x\n1 2 3\n", "cannot be read as mmCIF"),
+    "broken mmCIF": (
+        "broken.cif",
+        "data_x\nloop_\n_atom_site.id\n_atom_site.Cartn_x\n1 2 3\n",
+        "cannot be read as mmCIF",
+    ),
     "duplicated MODEL records": (
         "dup.pdb",
         "\n".join(["MODEL        1", *peptide_lines(), "ENDMDL", "MODEL        1", *peptide_lines(), "ENDMDL", "END"]),

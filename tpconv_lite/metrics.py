@@ -313,12 +313,23 @@ def structure_measures(positions: list[Tensor], ss: list[str] | None = None) -> 
       attributed to helix residues (dihedral ``i..i+3`` goes to residue ``i + 1``), and ``strand_following``, the
       share of virtual angles >= 105 degrees among those at strand residues (angle ``i-1, i, i+1`` goes to ``i``).
 
+    Real chains give about 0.998, 0.021, 0.38, 2.0, 2e-5 (a few tight turns), 0.90 and 0.95; generated chains
+    are judged against these.
+
     Args:
         positions: chains of (n_k, 3) positions, n_k >= 4.
         ss: one H/E/- string per chain, or None.
 
     Returns:
         a dict of floats (NaN for a share of nothing, e.g. no helix residue), with ``n_chains``.
+
+    >>> from tpconv_lite.proteins import load_dataset
+    >>> chains = load_dataset("all")
+    >>> m = structure_measures([c.pos.double() for c in chains], [c.ss for c in chains])
+    >>> round(m["ca_ca_in_range"], 3), round(m["left_handed"], 3), round(m["right_handed"], 3), round(m["rg_ratio"], 1)
+    (0.998, 0.021, 0.38, 2.0)
+    >>> round(m["helix_following"], 2), round(m["strand_following"], 2)
+    (0.9, 0.95)
     """
     _check_set(positions, ss, "positions")
     bonds = torch.cat([ca_ca_distances(p) for p in positions])

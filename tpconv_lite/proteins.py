@@ -326,9 +326,7 @@ def build_dataset(source: str | Path, out: str | Path = DATASET_PATH) -> list[Ch
         if not tokens or len(tokens[0]) != len(chain):
             got = len(tokens[0]) if tokens else 0
             raise ValueError(f"{source}:{name}.pdb.dssp: {got} DSSP letters for {len(chain)} residues")
-        chain.name, chain.ss = name, ss_three_state(tokens[0])
-        chain.__post_init__()
-        chains.append(chain)
+        chains.append(Chain(name, chain.sequence, chain.pos, ss_three_state(tokens[0])))
     arrays = {
         "names": np.array([c.name for c in chains]),
         "lengths": np.array([len(c) for c in chains], dtype=np.int64),
