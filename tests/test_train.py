@@ -48,9 +48,11 @@ def max_relative_difference(a: dict, b: dict) -> float:
 
 
 def test_resume_is_bit_identical_on_one_process(tmp_path: Path) -> None:
-    straight = run(tmp_path / "straight", 10)
-    run(tmp_path / "resumed", 5)
-    resumed = run(tmp_path / "resumed", 10, "--resume")
+    # evaluations on the way (held-out loss, samples at checkpoints) must not disturb the training streams
+    evaluations = ["--eval-every", "3", "--eval-samples", "1", "--ckpt-every", "5"]
+    straight = run(tmp_path / "straight", 10, *evaluations)
+    run(tmp_path / "resumed", 5, *evaluations)
+    resumed = run(tmp_path / "resumed", 10, "--resume", *evaluations)
     assert straight["step"] == resumed["step"] == 10
     assert straight["model"].keys() == resumed["model"].keys()
     for key, value in straight["model"].items():
@@ -160,6 +162,15 @@ def test_heldout_loss_is_logged_every_k_steps(tmp_path: Path) -> None:
     records = log_lines(tmp_path / "run")
     assert [("heldout_loss" in r) for r in records] == [False, True, False, True]
     assert all(r["heldout_base_loss"] > 0 for r in records if "heldout_loss" in r)
+
+
+def test_heldout_samples_are_measured_at_checkpoints(tmp_path: Path) -> None:
+    run(tmp_path / "run", 3, "--ckpt-every", "2", "--eval-samples", "2", "--eval-every", "0")
+    records = log_lines(tmp_path / "run")
+    assert [("heldout_samples" in r) for r in records] == [False, True, True]
+    measures = records[1]["heldout_samples"]
+    assert measures["n_chains"] == 2 and 0 <= measures["ca_ca_in_range"] <= 1 and measures["rg_ratio"] > 0
+    assert "helix_following" in measures
 
 
 def test_lr_factor_matches_eigenfolds_sequential_schedule() -> None:

@@ -29,14 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
-from tpconv_lite.conditioning import RESIDUE_TYPES, SECONDARY_STRUCTURES, chain_conditioning
+from tpconv_lite.conditioning import RESIDUE_TYPES, SECONDARY_STRUCTURES
 from tpconv_lite.harmonic import SCHEDULES, HarmonicConfig, HarmonicDiffusion
 from tpconv_lite.proteins import load_dataset, write_pdb
 from tpconv_lite.score_model import ResiLevelTensorProductScoreModel
-from tpconv_lite.train import build_diffusion, build_model, load_checkpoint
+from tpconv_lite.train import build_diffusion, build_model, load_checkpoint, sample_chains
 
 SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
 
@@ -78,38 +77,6 @@ def check_chain(sequence: str, ss: str | None, what: str = "--sequence") -> None
         if unknown:
             raise ValueError(f"--ss: letters {unknown} are not secondary structures (expected one of "
                              f"{SECONDARY_STRUCTURES!r}: helix, strand, other)")  # fmt: skip
-
-
-def sample_chains(
-    model: ResiLevelTensorProductScoreModel,
-    diffusion: HarmonicDiffusion,
-    sequences: Sequence[str],
-    ss: Sequence[str | None],
-    *,
-    seed: int = 0,
-    progress: bool = False,
-) -> list[Tensor]:
-    """One sample per sequence, all in one batch; chain ``i`` draws from a generator seeded ``(seed, i)``.
-
-    Args:
-        model: the score model (float32).
-        diffusion: the harmonic diffusion, with its sampling settings.
-        sequences: B one-letter sequences.
-        ss: B secondary-structure strings (or None each).
-        seed: seed of the noise.
-        progress: a tqdm bar over the reverse steps.
-
-    Returns:
-        B tensors (n_b, 3) of CA positions in Å (float32, on the CPU).
-    """
-    for sequence, structure in zip(sequences, ss, strict=True):
-        check_chain(sequence, structure)
-    device = next(model.parameters()).device
-    features = [chain_conditioning(q, s, device=device) for q, s in zip(sequences, ss)]
-    generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(len(sequences))]
-    samples = diffusion.reverse_sample(model, [f[0] for f in features], [f[1] for f in features],
-                                       generator=generators, progress=progress)  # fmt: skip
-    return [y.to("cpu", torch.float32) for y in samples]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

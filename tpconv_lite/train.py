@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from tpconv_lite.conditioning import LM_EDGE_DIM, LM_NODE_DIM, chain_conditioning
 from tpconv_lite.harmonic import HarmonicConfig, HarmonicDiffusion, harmonic_loss
+from tpconv_lite.metrics import structure_measures
 from tpconv_lite.proteins import load_chain, load_dataset
 from tpconv_lite.score_model import ChainBatch, ResiLevelTensorProductScoreModel, ScoreModelConfig
 
@@ -114,6 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every K steps (and at the end)")
     run.add_argument("--eval-every", type=int, default=100, help="held-out loss every K steps (0: never)")
     run.add_argument("--eval-chains", type=int, default=16, help="held-out chains per evaluation (0: all)")
+    run.add_argument("--eval-samples", type=int, default=0,
+                     help="at every checkpoint, sample this many held-out chains and log their structure measures")
     run.add_argument("--data", type=Path, default=None, help="folder of PDB/mmCIF files (default: embedded set)")
     run.add_argument("--eval-data", type=Path, default=None, help="held-out PDB/mmCIF folder (with --data)")
     run.add_argument("--strict", action="store_true", help="stop at the first unreadable file of --data")
@@ -142,7 +145,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "ckpt_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("eval_every", "eval_chains"):
+    for name in ("eval_every", "eval_chains", "eval_samples"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
@@ -551,6 +554,51 @@ def heldout_loss(model: nn.Module, chains: Sequence, diffusion, crop_length: int
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
+def sample_chains(model: nn.Module, diffusion: HarmonicDiffusion, sequences: Sequence[str],
+                  ss: Sequence[str | None], *, seed: int = 0, progress: bool = False) -> list[Tensor]:  # fmt: skip
+    """One sample per sequence with the reverse diffusion, all in one batch; chain ``i`` draws its noise from a
+    generator seeded from ``(seed, i)``, so its sample does not depend on the other chains of the batch.
+
+    Args:
+        model: the score model (float32).
+        diffusion: the harmonic diffusion, with its sampling settings.
+        sequences: B one-letter sequences; ss: B secondary-structure strings (or None each).
+        seed: seed of the noise.
+        progress: a tqdm bar over the reverse steps.
+
+    Returns:
+        B tensors (n_b, 3) of CA positions in Å (float32, on the CPU).
+    """
+    device, was_training = next(model.parameters()).device, model.training
+    features = [chain_conditioning(q, s, device=device) for q, s in zip(sequences, ss, strict=True)]
+    generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(len(sequences))]
+    samples = diffusion.reverse_sample(model, [f[0] for f in features], [f[1] for f in features],
+                                       generator=generators, progress=progress)  # fmt: skip
+    model.train(was_training)  # reverse_sample leaves the model in eval mode
+    return [y.to("cpu", torch.float32) for y in samples]
+
+
+def heldout_samples(model: nn.Module, chains: Sequence, diffusion: HarmonicDiffusion, crop_length: int, seed: int,
+                    processes: Processes) -> dict[str, float]:  # fmt: skip
+    """:func:`~tpconv_lite.metrics.structure_measures` of one sample per held-out chain, the same noise each time.
+
+    A run that trains on windows (``crop``) samples windows of the held-out chains, the same ones at every
+    checkpoint. The chains are shared out over the ranks; rank 0 returns the measures, the others an empty dict.
+    """
+    mine = list(range(processes.rank, len(chains), processes.world_size))
+    windows = [crop(chains[i], crop_length, torch.Generator().manual_seed(seed * 1_000_003 + 999_983 + i))
+               for i in mine]  # fmt: skip
+    samples = []
+    if windows:
+        samples = sample_chains(model, diffusion, [c.sequence for c in windows], [c.ss for c in windows], seed=seed)
+    gathered = gather_objects(list(zip(mine, samples, [c.ss for c in windows])), processes)
+    if not processes.is_main:
+        return {}
+    ordered = sorted((item for part in gathered for item in part), key=lambda item: item[0])
+    ss = [item[2] for item in ordered]
+    return structure_measures([item[1].double() for item in ordered], None if None in ss else ss)
+
+
 def max_replica_difference(model: nn.Module, processes: Processes) -> float:
     """The largest ``|p_rank - p_0|`` over all parameters and ranks (0.0 on one process)."""
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -680,12 +728,18 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
             record["heldout_loss"], record["heldout_base_loss"] = heldout_loss(
                 model, heldout_chains, diffusion, optim["crop"], seed, processes
             )
+        checkpoint_step = step % args.ckpt_every == 0 or step == args.steps
+        if args.eval_samples and checkpoint_step and heldout_chains:
+            measures = heldout_samples(model, heldout_chains[: args.eval_samples], diffusion, optim["crop"], seed,
+                                       processes)  # fmt: skip
+            if measures:
+                record["heldout_samples"] = measures
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", base=f"{record['base_loss']:.3f}")
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if checkpoint_step:
             checkpoint_now(step)
     bar.close()
     if log is not None:
