@@ -248,6 +248,7 @@ def setup_processes(device: str) -> Processes:
 
 
 def teardown_processes(processes: Processes) -> None:
+    """Leave the process group, if this process joined one."""
     if processes.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -504,11 +505,12 @@ def load_checkpoint(path: Path) -> dict:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
         raise ValueError(f"{path} is not a tpconv_lite.train checkpoint (torch.load: {first_line})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        what = type(checkpoint).__name__ if not isinstance(checkpoint, dict) else f"dict with {sorted(checkpoint)[:6]}"
+        what = f"dict with keys {list(checkpoint)[:6]}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path} is not a tpconv_lite.train checkpoint (expected format {CHECKPOINT_FORMAT!r}, got a "
                          f"{what})")  # fmt: skip
     if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {checkpoint.get('version')}, this code reads {CHECKPOINT_VERSION}")
+        version = checkpoint.get("version")
+        raise ValueError(f"{path}: checkpoint version {version}, this code reads version {CHECKPOINT_VERSION}")
     return checkpoint
 
 
@@ -748,6 +750,7 @@ def train(args: argparse.Namespace, processes: Processes) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the command line (on one process, or as one of torchrun's); return the checkpoint's path."""
     args = parse_args(argv)
     processes = setup_processes(args.device)
     try:
