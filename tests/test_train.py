@@ -64,6 +64,9 @@ def test_resume_is_bit_identical_on_one_process(tmp_path: Path) -> None:
     # the parameters did move: the comparison is not between two untouched initialisations
     first = run(tmp_path / "one", 1)
     assert any(not torch.equal(first["model"][k], straight["model"][k]) for k in first["model"])
+    # recomputing the layers' messages in the backward pass (EigenFold's way, the default) changes no bit
+    without = run(tmp_path / "without", 10, *evaluations, "--no-activation-checkpointing")
+    assert all(torch.equal(value, without["model"][key]) for key, value in straight["model"].items())
 
 
 def test_log_holds_each_step_once_after_resume(tmp_path: Path) -> None:
@@ -192,18 +195,23 @@ def test_lr_factor_matches_eigenfolds_sequential_schedule() -> None:
 
 
 def test_two_processes_hold_equal_parameters_and_resume(tmp_path: Path) -> None:
-    common = ["--nproc_per_node", "2", "-m", "tpconv_lite.train", "--preset", "tiny", "--no-progress"]
-    torchrun(*common, "--out", str(tmp_path / "straight"), "--steps", "10", "--check-replicas")
-    torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "5", "--check-replicas")
-    torchrun(*common, "--out", str(tmp_path / "resumed"), "--steps", "10", "--check-replicas", "--resume")
-    for name in ("straight", "resumed"):
-        records = log_lines(tmp_path / name)
-        assert [r["step"] for r in records] == list(range(1, 11))
-        assert all(r["world_size"] == 2 and r["replica_max_diff"] == 0.0 for r in records)
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
-    assert straight["world_size"] == 2 and len(straight["rng"]) == 2
-    assert max_relative_difference(straight["model"], resumed["model"]) <= 1e-6
+    """10 steps on 2 processes, and a resume to 10 from the checkpoint that run kept at step 5."""
+    common = ["--nproc_per_node", "2", "-m", "tpconv_lite.train", "--preset", "tiny", "--no-progress",
+              "--check-replicas", "--steps", "10"]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(*common, "--out", str(straight), "--ckpt-every", "5", "--keep-every", "5")
+    resumed.mkdir()
+    (resumed / "checkpoint.pt").write_bytes((straight / "checkpoint_0000005.pt").read_bytes())
+    torchrun(*common, "--out", str(resumed), "--resume")
+    records = log_lines(straight)
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert [r["step"] for r in log_lines(resumed)] == list(range(6, 11))
+    assert all(r["world_size"] == 2 and r["replica_max_diff"] == 0.0 for r in records + log_lines(resumed))
+    at_5 = load_checkpoint(straight / "checkpoint_0000005.pt")
+    at_10, resumed_10 = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
+    assert at_5["step"] == 5 and at_10["world_size"] == 2 and len(at_10["rng"]) == 2
+    assert max_relative_difference(at_10["model"], resumed_10["model"]) <= 1e-6
+    assert max_relative_difference(at_5["model"], at_10["model"]) > 1e-6  # the steps after 5 did change something
 
 
 def children(pid: int) -> list[int]:
