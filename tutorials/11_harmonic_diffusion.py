@@ -252,6 +252,7 @@ def draw_chains(chains: dict[str, Tensor], title: str) -> None:
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("x (Å)", fontsize=7), ax.set_ylabel("y (Å)", fontsize=7), ax.set_zlabel("z (Å)", fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.set_box_aspect(None, zoom=0.85)  # room for the axis labels
     fig.suptitle(title)
     plt.show()
 
@@ -682,12 +683,13 @@ print(f"{sum(p.numel() for p in model.parameters())} parameters")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+N_STEPS = 120
+optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
 generator = torch.Generator().manual_seed(1)
 history = {"loss": [], "base_loss": []}
 start = time.perf_counter()
 model.train()
-for step in range(200):
+for step in range(N_STEPS):
     batch = [random_window(train_chains[i], generator) for i in torch.randint(len(train_chains), (4,),
                                                                                generator=generator).tolist()]
     data, score = diffusion.noised_batch(*zip(*batch), generator=generator)
@@ -699,7 +701,8 @@ for step in range(200):
     history["loss"].append(loss.item())
     history["base_loss"].append(base_loss.item())
 model.eval()
-print(f"200 steps in {time.perf_counter() - start:.0f} s")
+print(f"{N_STEPS} steps in {time.perf_counter() - start:.0f} s")
+glue("n_steps", N_STEPS, display=False)
 
 # %%
 def running_mean(values: list[float], width: int = 20) -> Tensor:
@@ -745,8 +748,8 @@ glue("test_base_std", base_std.item(), display=False)
 # On the test windows the loss is {glue:text}`test_loss:.3f` ± {glue:text}`test_loss_std:.3f` against a base loss
 # of {glue:text}`test_base:.3f` ± {glue:text}`test_base_std:.3f` (mean and standard deviation over three noise
 # seeds, one training run); the noise level moves both together, and their ratio is
-# {glue:text}`test_ratio:.3f` ± {glue:text}`test_ratio_std:.3f`. After 200 small steps the model has learned a
-# little of the score, not to fold.
+# {glue:text}`test_ratio:.3f` ± {glue:text}`test_ratio_std:.3f`. After {glue:text}`n_steps` small steps the model
+# has learned a little of the score, not to fold.
 #
 # ### Sampling
 #
@@ -771,7 +774,7 @@ draw_chains({f"{target.name} 1-{window}": target.pos[:window].double()} | {f"sam
 
 # %% [markdown]
 # Only {glue:text}`sample_bonds:.0f`% of the sampled bonds are in the 3.6–4.0 Å window. Most of that is the model:
-# 200 steps do not teach it the bond length. But even a perfect model would not give back the
+# {glue:text}`n_steps` steps do not teach it the bond length. But even a perfect model would not give back the
 # {glue:text}`bond_window:.1f`% of real chains, because the sampler stops at `train_tmin = 0.01`, after one last
 # step of noise, and that noise stays in. Noising the real training chains to $t = 0.01$ shows how much it is:
 
