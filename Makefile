@@ -5,8 +5,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Prebuilt torch-scatter/torch-cluster wheels, when the folder exists (pip otherwise compiles them from source).
+# torch-scatter/torch-cluster are optional (the package falls back on pure torch) and never compiled by the setup:
+# it installs them only from prebuilt wheels, found in PIP_FIND_LINKS, WHEELHOUSE or PYG_INDEX. `make pyg` compiles them.
 WHEELHOUSE ?= ../shared/wheelhouse
+# PyG's wheel index for the installed torch ({torch} becomes e.g. 2.13.0+cpu); PYG_INDEX= (empty) skips it.
+PYG_INDEX ?= https://data.pyg.org/whl/torch-{torch}.html
+PYG_TIMEOUT ?= 10
 ifneq ($(wildcard $(WHEELHOUSE)/*.whl),)
 ifeq ($(findstring $(abspath $(WHEELHOUSE)),$(PIP_FIND_LINKS)),)
 export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(abspath $(WHEELHOUSE)))
@@ -15,7 +19,7 @@ endif
 NBVAL := -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 NOTEBOOKS ?= $(sort $(wildcard tutorials/[0-9][0-9]_*.py))
 
-.PHONY: book test execute venv browser clean
+.PHONY: book test execute venv browser clean pyg pyg-wheels
 
 book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
@@ -48,9 +52,27 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt --no-build-isolation torch-scatter torch-cluster
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,pyg]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	@$(MAKE) --no-print-directory pyg-wheels
 	touch $(STAMP)
+
+pyg-wheels:  ## torch-scatter/torch-cluster from prebuilt wheels that import with the installed torch, else nothing
+	@torch=$$($(BIN)/python -c "import torch; v = torch.__version__.split('+')[0].split('.'); \
+	  print('.'.join(v[:2]) + '.0+' + ('cu' + torch.version.cuda.replace('.', '') if torch.version.cuda else 'cpu'))"); \
+	index=$$(echo "$(PYG_INDEX)" | sed "s/{torch}/$$torch/"); \
+	if $(BIN)/python -m pip install --quiet --only-binary=:all: -c constraints.txt --retries 0 --timeout $(PYG_TIMEOUT) \
+	     $${index:+--find-links "$$index"} torch-scatter torch-cluster >/dev/null 2>&1 \
+	   && $(BIN)/python -c "import torch_scatter, torch_cluster" >/dev/null 2>&1; then \
+	  echo "torch-scatter and torch-cluster: prebuilt wheels installed (torch $$torch)"; \
+	else \
+	  $(BIN)/python -m pip uninstall --quiet --yes torch-scatter torch-cluster >/dev/null 2>&1; \
+	  echo "No prebuilt torch-scatter/torch-cluster wheels match torch $$torch: tpconv_lite runs on pure torch" \
+	       "(same results; 'make pyg' compiles them, about 20 minutes on 2 cores)."; \
+	fi
+
+pyg: $(STAMP)  ## compile torch-scatter and torch-cluster from source on purpose (about 20 minutes on 2 cores)
+	$(BIN)/python -m pip install -c constraints.txt --no-build-isolation torch-scatter torch-cluster
+	$(BIN)/python -c "import torch_scatter, torch_cluster; print('torch-scatter', torch_scatter.__version__, 'torch-cluster', torch_cluster.__version__)"
 
 clean:
 	rm -rf _build $(VENV)
