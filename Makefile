@@ -11,6 +11,11 @@ WHEELHOUSE ?= ../shared/wheelhouse
 # PyG's wheel index for the installed torch ({torch} becomes e.g. 2.13.0+cpu); PYG_INDEX= (empty) skips it.
 PYG_INDEX ?= https://data.pyg.org/whl/torch-{torch}.html
 PYG_TIMEOUT ?= 10
+# make colab-check: a fresh venv that plays Colab, with pip's torch (not ours) and Colab's preinstalled packages.
+COLAB_VENV ?= _build/colab-venv
+COLAB_TORCH ?= torch==2.14.1
+COLAB_PREINSTALLED ?= numpy matplotlib ipykernel
+COLAB_CHAPTERS ?= tutorials/01_irreps.ipynb tutorials/09_score_model.ipynb
 ifneq ($(wildcard $(WHEELHOUSE)/*.whl),)
 ifeq ($(findstring $(abspath $(WHEELHOUSE)),$(PIP_FIND_LINKS)),)
 export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(abspath $(WHEELHOUSE)))
@@ -19,7 +24,7 @@ endif
 NBVAL := -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 NOTEBOOKS ?= $(sort $(wildcard tutorials/[0-9][0-9]_*.py))
 
-.PHONY: book test execute venv browser clean pyg pyg-wheels
+.PHONY: book test execute venv browser clean pyg pyg-wheels colab-check
 
 book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
@@ -73,6 +78,20 @@ pyg-wheels:  ## torch-scatter/torch-cluster from prebuilt wheels that import wit
 pyg: $(STAMP)  ## compile torch-scatter and torch-cluster from source on purpose (about 20 minutes on 2 cores)
 	$(BIN)/python -m pip install -c constraints.txt --no-build-isolation torch-scatter torch-cluster
 	$(BIN)/python -c "import torch_scatter, torch_cluster; print('torch-scatter', torch_scatter.__version__, 'torch-cluster', torch_cluster.__version__)"
+
+colab-check:  ## the Colab path: fresh venv with COLAB_TORCH, the chapters' own install cell, then nbval on COLAB_CHAPTERS
+	@start=$$(date +%s); rm -rf $(COLAB_VENV) && $(PYTHON) -m venv $(COLAB_VENV) && \
+	env -u PIP_FIND_LINKS $(COLAB_VENV)/bin/python -m pip install --quiet "$(COLAB_TORCH)" $(COLAB_PREINSTALLED) && \
+	echo "colab-check: $$($(COLAB_VENV)/bin/python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)')" \
+	  "and $(COLAB_PREINSTALLED) installed in $$(( $$(date +%s) - start )) s; venv $$(du -sm $(COLAB_VENV) | cut -f1) MB"
+	@start=$$(date +%s); env -u PIP_FIND_LINKS -u PYTHONPATH TPCONV_LITE_SOURCE=file://$(abspath .) \
+	  $(COLAB_VENV)/bin/python tests/colab_cell.py $(firstword $(COLAB_CHAPTERS)) && \
+	echo "colab-check: the Colab cell ran in $$(( $$(date +%s) - start )) s"
+	$(COLAB_VENV)/bin/python -m pip install --quiet pytest nbval  # the checking tools, not part of the Colab setup
+	@start=$$(date +%s); (cd $(COLAB_VENV) && env -u PYTHONPATH bin/python -c \
+	  "import tpconv_lite, torch; print('colab-check: tpconv_lite from', tpconv_lite.__file__, 'on torch', torch.__version__)"); \
+	env -u PYTHONPATH $(COLAB_VENV)/bin/python -m pytest $(NBVAL) $(COLAB_CHAPTERS) && \
+	echo "colab-check: nbval on $(COLAB_CHAPTERS) passed in $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf _build $(VENV)
