@@ -24,7 +24,7 @@ endif
 NBVAL := -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 NOTEBOOKS ?= $(sort $(wildcard tutorials/[0-9][0-9]_*.py))
 
-.PHONY: book test execute venv browser clean pyg pyg-wheels colab-check
+.PHONY: book test execute venv browser clean pyg pyg-wheels colab-check test-torch
 
 book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
@@ -32,6 +32,11 @@ book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors
 
 test: $(STAMP) browser  ## unit tests, notebook checks, nbval over every chapter, the book build
 	@$(BIN)/python -m pytest tests tutorials $(NBVAL); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; exit $$status
+
+test-torch: $(STAMP)  ## unit tests and nbval over every chapter again, the graph functions forced to pure torch
+	@TPCONV_GRAPH_BACKEND=torch $(BIN)/python -m pytest tests tutorials $(NBVAL) \
+	  --ignore=tests/test_book.py --ignore=tests/test_browser.py; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; exit $$status
 
 execute: $(STAMP)  ## regenerate each chapter's .ipynb from its .py and run it top to bottom in a clean kernel
