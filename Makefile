@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # torch-scatter/torch-cluster are optional (the package falls back on pure torch) and never compiled by the setup:
 # it installs them only from prebuilt wheels, found in PIP_FIND_LINKS, WHEELHOUSE or PYG_INDEX. `make pyg` compiles them.
 WHEELHOUSE ?= ../shared/wheelhouse
-# PyG's wheel index for the installed torch ({torch} becomes e.g. 2.13.0+cpu); PYG_INDEX= (empty) skips it.
+# PyG's wheel index for the installed torch ({torch} becomes e.g. 2.13.0+cpu or 2.14.0+cu130); PYG_INDEX= skips it.
 PYG_INDEX ?= https://data.pyg.org/whl/torch-{torch}.html
 PYG_TIMEOUT ?= 10
 # make colab-check: a fresh venv that plays Colab, with pip's torch (not ours) and Colab's preinstalled packages.
@@ -67,9 +67,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 pyg-wheels:  ## torch-scatter/torch-cluster from prebuilt wheels that import with the installed torch, else nothing
-	@torch=$$($(BIN)/python -c "import torch; v = torch.__version__.split('+')[0].split('.'); \
+	@torch=$$($(BIN)/python -c "import torch; print(torch.__version__)"); \
+	tag=$$($(BIN)/python -c "import torch; v = torch.__version__.split('+')[0].split('.'); \
 	  print('.'.join(v[:2]) + '.0+' + ('cu' + torch.version.cuda.replace('.', '') if torch.version.cuda else 'cpu'))"); \
-	index=$$(echo "$(PYG_INDEX)" | sed "s/{torch}/$$torch/"); \
+	index=$$(echo "$(PYG_INDEX)" | sed "s/{torch}/$$tag/"); \
 	if $(BIN)/python -m pip install --quiet --only-binary=:all: -c constraints.txt --retries 0 --timeout $(PYG_TIMEOUT) \
 	     $${index:+--find-links "$$index"} torch-scatter torch-cluster >/dev/null 2>&1 \
 	   && $(BIN)/python -c "import torch_scatter, torch_cluster" >/dev/null 2>&1; then \
