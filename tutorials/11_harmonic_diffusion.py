@@ -39,10 +39,12 @@
 # %% tags=["hide-cell"]
 # NBVAL_SKIP
 # Colab only: install e3nn and tpconv_lite, and torch-scatter/torch-cluster wheels when some match Colab's torch.
-# Colab's own torch is kept: this cell never installs or pins torch.
+# Colab's own torch is kept: this cell never installs or pins torch. TPCONV_LITE_SOURCE, when set, replaces the
+# repository (`make colab-check` points it at a local checkout).
 import sys
 
 if "google.colab" in sys.modules:
+    import os
     import subprocess
 
     import torch
@@ -50,7 +52,9 @@ if "google.colab" in sys.modules:
     def pip(*args: str) -> bool:
         return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode == 0
 
-    pip("e3nn>=0.5.6,<0.7", "tpconv_lite @ git+https://github.com/tpconv-lite/tpconv-lite@main")
+    source = os.environ.get("TPCONV_LITE_SOURCE", "git+https://github.com/tpconv-lite/tpconv-lite@main")
+    if not pip("e3nn>=0.5.6,<0.7", f"tpconv_lite @ {source}"):
+        raise RuntimeError(f"pip could not install tpconv_lite from {source} (its messages are above)")
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2]) + ".0"
     variant = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
     wheels = f"https://data.pyg.org/whl/torch-{torch_version}+{variant}.html"
