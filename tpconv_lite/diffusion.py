@@ -29,7 +29,8 @@ gradient clipping at norm 1. Predicting zero gives the base loss ``mean(score^2 
 ``t = 0`` in steps ``dt``. It starts from centred Gaussian noise of variance ``sigma_max^2 + data_variance`` per
 coordinate, the forward process's marginal at ``t = 1`` for data of that variance (``N(0, sigma_max^2)`` alone is
 too narrow when ``sigma_max`` is not much larger than the chains). Each step is
-``x <- x + g(t)^2 score dt + g(t) sqrt(dt) z``, with ``g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(sigma_max / sigma_min)`` and fresh centred noise ``z``; or, with
+``x <- x + g(t)^2 score dt + g(t) sqrt(dt) z``, with ``g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(sigma_max /
+sigma_min)`` and fresh centred noise ``z``; or, with
 ``ode=True``, the probability-flow ODE ``x <- x + g(t)^2 score dt / 2``, deterministic given the starting noise.
 """
 
