@@ -390,9 +390,9 @@ for name, value in options.items():
     else:
         carbons, hydrogens = value[:6], value[6:]
     print(f"{name:18s} {carbons.pow(2).mean():8.2f} {hydrogens.pow(2).mean():10.2f}")
-single = messages.pow(2).mean()
-print("sum / sqrt(z) and sum / sqrt(n_i) within a factor 2 of one message:",
-      all(0.5 < float(options[name].pow(2).mean() / single) < 2 for name in ("sum / sqrt(z)", "sum / sqrt(n_i)")))
+single = float(messages.pow(2).mean().detach())
+ratios = [float(options[name].pow(2).mean().detach()) / single for name in ("sum / sqrt(z)", "sum / sqrt(n_i)")]
+print("sum / sqrt(z) and sum / sqrt(n_i) within a factor 2 of one message:", all(0.5 < q < 2 for q in ratios))
 
 # %% [markdown]
 # Dividing by $\sqrt{z}$ or by $\sqrt{n_i}$ brings the sum back to the scale of a single message; the mean makes
@@ -611,7 +611,8 @@ e3nn_grad = torch.autograd.grad(o3.spherical_harmonics("1o", zero_edge, normaliz
 stacked = torch.zeros(2, 3, dtype=torch.float64, device=device, requires_grad=True)  # two atoms at one place
 module_grad = torch.autograd.grad(conv(x[[0, 6]], stacked).pow(2).sum(), stacked)[0]
 finite = bool(module_grad.isfinite().all() and module_grad.abs().max() < 10)
-print(f"normalize=True: |gradient| about 1e{math.log10(e3nn_grad.abs().max()):.0f}", "| the module: finite, below 10:", finite)
+print(f"normalize=True: |gradient| about 1e{math.log10(e3nn_grad.abs().max()):.0f}",
+      "| the module: finite, below 10:", finite)
 
 # %% [markdown]
 # ### Why a constant: crossing the cutoff
@@ -636,7 +637,9 @@ def three_atoms(distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return x[[0, 6, 6]].repeat(len(distance), 1), frames.reshape(-1, 3), batch  # a carbon and two hydrogens
 
 
-def per_atom_mean(conv: PointConvolution, x: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+def per_atom_mean(
+    conv: PointConvolution, x: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor
+) -> torch.Tensor:
     """(N, irreps_out.dim): each atom's messages averaged over its own edges, with the pieces of `conv`."""
     src, dst = radius_graph(pos, conv.max_radius, batch)
     edge_vec = pos[src] - pos[dst]
