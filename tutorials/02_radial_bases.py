@@ -664,7 +664,7 @@ print(f"predicted output ratio {predicted_ratio:.0f}: within 25% of the measured
 glue("predicted_ratio", predicted_ratio, display=False)
 
 # %% [markdown]
-# The prediction, $n / (c/2)^4 pprox$ {glue:text}`predicted_ratio:.0f`, accounts for the measured ratio. Without
+# The prediction, $n / (c/2)^4 \approx$ {glue:text}`predicted_ratio:.0f`, accounts for the measured ratio. Without
 # the factor the network would have to learn a scale that the factor gives for free.
 #
 # The 2019 network took another route to the same place. Its first layer did *not* divide by $\sqrt{\text{fan-in}}$:
