@@ -217,3 +217,39 @@ def test_training_and_sampling_run_reproducibly():
     assert not model.training
     samples = sample_chains(model, sde, 2, 8, n_steps=3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (2, 8, 3) and bool(torch.isfinite(samples).all())
+
+
+class ZeroScore(nn.Module):
+    """A score of zero: the probability-flow ODE then stays where it starts."""
+
+    def forward(self, data):
+        return torch.zeros_like(data.resi.pos)
+
+
+@pytest.mark.parametrize("data_variance", [0.0, 6.4])
+def test_sampler_starts_from_the_forward_marginal_at_t_1(data_variance):
+    # the forward process at t = 1: centred chains (mean square d per coordinate) plus centred noise of sigma_max
+    sde, n = VESDE(0.2, 5.0), 8
+    chains = toy_chains(2000, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    chains = [c * math.sqrt(data_variance / float(c.pow(2).mean())) for c in chains]  # mean square d exactly
+    x_t, _ = sde.perturb(torch.cat(chains), torch.ones(len(chains)), torch.arange(len(chains)).repeat_interleave(n))
+    start, path = sample_chains(ZeroScore(), sde, 2000, n, n_steps=2, ode=True, data_variance=data_variance,
+                                return_path=True, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = sde.sigma_max**2 * (n - 1) / n + data_variance
+    for x in (start, x_t):
+        assert abs(float(x.pow(2).mean()) / expected - 1) < 0.02
+    assert path.shape == (3, 2000, n, 3)
+    torch.testing.assert_close(path[0], start)
+    torch.testing.assert_close(start.mean(dim=1), torch.zeros(2000, 3, dtype=torch.float64))
+
+
+def test_sampler_path_ends_at_the_samples_and_bad_prior_raises():
+    x0 = ideal_helix(10)
+    samples, path = sample_chains(Oracle(x0), VESDE(0.05, 15.0), 3, 10, n_steps=5, return_path=True,
+                                  generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert path.shape == (6, 3, 10, 3)
+    torch.testing.assert_close(path[-1], samples)
+    with pytest.raises(ValueError, match="data_variance"):
+        sample_chains(Oracle(x0), VESDE(), 1, 10, data_variance=-1.0)
+    with pytest.raises(ValueError, match="n_residues"):
+        sample_chains(Oracle(x0), VESDE(), 1, 1)

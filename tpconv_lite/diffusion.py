@@ -25,9 +25,12 @@ noise). The model is told the noise level as ``node_t = sigma(t)^2``, and :func:
 **Training** (:func:`train_score_model`): Adam on EigenFold's loss, with ``t`` uniform per chain and EigenFold's
 gradient clipping at norm 1. Predicting zero gives the base loss ``mean(score^2 / score_norm^2)``, about 1.
 
-**Sampling** (:func:`sample_chains`): the reverse-time SDE, integrated by Euler–Maruyama from ``t = 1`` (pure
-noise of scale ``sigma_max``) down to ``t = 0`` in steps ``dt``: ``x <- x + g(t)^2 score dt + g(t) sqrt(dt) z``,
-with ``g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(sigma_max / sigma_min)`` and fresh centred noise ``z``; or, with
+**Sampling** (:func:`sample_chains`): the reverse-time SDE, integrated by Euler–Maruyama from ``t = 1`` down to
+``t = 0`` in steps ``dt``. It starts from centred Gaussian noise of variance ``sigma_max^2 + data_variance`` per
+coordinate, the forward process's marginal at ``t = 1`` for data of that variance (``N(0, sigma_max^2)`` alone is
+too narrow when ``sigma_max`` is not much larger than the chains). Each step is
+``x <- x + g(t)^2 score dt + g(t) sqrt(dt) z``, with ``g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(sigma_max /
+sigma_min)`` and fresh centred noise ``z``; or, with
 ``ode=True``, the probability-flow ODE ``x <- x + g(t)^2 score dt / 2``, deterministic given the starting noise.
 """
 
@@ -342,11 +345,18 @@ def sample_chains(
     n_steps: int = 100,
     *,
     ode: bool = False,
+    data_variance: float = 0.0,
+    return_path: bool = False,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Generate chains by integrating the reverse-time SDE (or the probability-flow ODE) from t = 1 to t = 0.
+
+    The start is centred Gaussian noise whose variance per coordinate, before centring, is
+    ``sigma_max^2 + data_variance * n / (n - 1)``: after centring its mean square per coordinate is
+    ``sigma_max^2 (n - 1) / n + data_variance``, that of the forward process at ``t = 1`` for centred training
+    chains whose coordinates have mean square ``data_variance`` (e.g. ``torch.cat(chains).pow(2).mean()``).
 
     Args:
         model: a trained score model.
@@ -356,20 +366,38 @@ def sample_chains(
         kind: chain kind given to the model as a feature.
         n_steps: number of Euler(-Maruyama) steps.
         ode: integrate the deterministic probability-flow ODE instead of the SDE.
+        data_variance: mean square (Å^2) of one coordinate of the centred training chains, >= 0; 0 gives the
+            plain ``N(0, sigma_max^2)`` start of score SDEs, right only when ``sigma_max`` dwarfs the chains.
+        return_path: also return the positions before every step and after the last.
         generator: random generator.
         dtype: the model's dtype.
         progress: show a tqdm progress bar.
 
     Returns:
-        (n_chains, n_residues, 3) sampled positions, each chain centred.
+        (n_chains, n_residues, 3) sampled positions, each chain centred; with ``return_path``, also the
+        (n_steps + 1, n_chains, n_residues, 3) positions at times ``1, 1 - dt, ..., 0``.
+
+    Example:
+        >>> class ZeroScore(nn.Module):  # with a score of zero, one ODE step stays at the start
+        ...     def forward(self, data):
+        ...         return torch.zeros_like(data.resi.pos)
+        >>> x = sample_chains(ZeroScore(), VESDE(0.2, 5.0), 4000, 8, n_steps=1, ode=True, data_variance=6.0,
+        ...                   generator=torch.Generator().manual_seed(0))
+        >>> round(float(x.pow(2).mean()))  # 5^2 * 7 / 8 + 6 = 27.9
+        28
     """
     if n_chains < 1 or n_steps < 1:
         raise ValueError(f"need n_chains >= 1 and n_steps >= 1, got {n_chains}, {n_steps}")
+    _check_length(n_residues, 2)
+    if not 0 <= data_variance < math.inf:
+        raise ValueError(f"data_variance must be finite and >= 0, got {data_variance}")
     start = [torch.zeros(n_residues, 3, dtype=dtype)] * n_chains
     data, _ = noised_batch(start, [kind] * n_chains, torch.ones(n_chains, dtype=dtype), sde, generator)
     x, batch = data.resi.pos, data.resi.batch
+    x = x * math.sqrt(1 + data_variance * n_residues / (n_residues - 1) / sde.sigma_max**2)
     n = torch.full((n_chains,), float(n_residues), dtype=dtype)
     times = torch.linspace(1, 0, n_steps + 1, dtype=dtype)
+    path = [x]
     model.eval()
     for t, t_next in tqdm(zip(times[:-1], times[1:]), total=n_steps, disable=not progress, desc="sampling"):
         t_chain = t.expand(n_chains)
@@ -382,6 +410,9 @@ def sample_chains(
             x = x + 0.5 * g2 * score * dt
         else:
             x = x + g2 * score * dt + torch.sqrt(g2 * dt) * sde.centred_noise(x, batch, generator)
+        path.append(x)
+    if return_path:
+        return x.view(n_chains, n_residues, 3), torch.stack(path).view(n_steps + 1, n_chains, n_residues, 3)
     return x.view(n_chains, n_residues, 3)
 
 

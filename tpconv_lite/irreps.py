@@ -5,10 +5,14 @@ Before version 0.2, e3nn described a feature tensor by a representation list ``R
 ``p = 0`` meant "parity not tracked" (a network for rotations only). Today the same information is an
 ``o3.Irreps`` such as ``"2x0e + 4x1o"``, in which every irrep has a parity, ``e`` (+1) or ``o`` (-1).
 
-The one choice to make is what ``p = 0`` becomes. Here it becomes the parity of the spherical harmonics of that
-degree, ``(-1)**l`` (``0e, 1o, 2e, ...``): the parity that the old rotation-only convolutions produced from scalar
-inputs and spherical-harmonic filters. Pass ``p0="even"`` to map it to ``+1`` instead, or ``p0="error"`` to refuse
-parity-less entries.
+The one choice to make is what ``p = 0`` becomes, and it is a convention: a rotation-only network never tracked
+parity, so its features have none to recover. By default it becomes the parity of the spherical harmonics of that
+degree, ``(-1)**l`` (``0e, 1o, 2e, ...``). That is exact only for features built directly from scalars and
+spherical harmonics, such as the output of one convolution of scalar inputs with spherical-harmonic filters. Deeper
+features need not follow it: the ``1 x 1 -> 1`` product of a rotation-only network is a cross product, which under
+O(3) is a pseudovector ``1e``, not the ``1o`` of the rule, and O(3) has no ``1o x 1o -> 1o`` path, so a deep
+network converted by the rule loses such paths. Give those entries their parity explicitly (``(mul, l, p)`` with
+``p = +-1``), pass ``p0="error"`` to find every parity-less entry, or ``p0="even"`` to map them to ``+1``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def rs_to_irreps(Rs: list[tuple[int, ...]], p0: ParityForP0 = "sh") -> o3.Irreps
     Args:
         Rs: list of ``(mul, l)`` or ``(mul, l, p)``, with integers ``mul >= 0``, ``l >= 0`` and ``p`` in {1, -1, 0}.
             ``(mul, l)`` is the same as ``(mul, l, 0)``.
-        p0: what ``p = 0`` becomes: ``"sh"`` (``(-1)**l``, the default), ``"even"`` (``+1``) or ``"error"``.
+        p0: what ``p = 0`` becomes, a convention: ``"sh"`` (``(-1)**l``, the default; exact only for features
+            built directly from scalars and spherical harmonics), ``"even"`` (``+1``) or ``"error"``.
 
     Returns:
         The equivalent ``o3.Irreps`` (not simplified: ``[(1, 0), (1, 0)]`` gives ``1x0e+1x0e``).

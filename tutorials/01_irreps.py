@@ -66,6 +66,15 @@ from e3nn import o3
 import tpconv_lite
 from tpconv_lite.testing import check_equivariance
 
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
+
+
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
 print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_lite.__version__}, device {device}")
@@ -125,8 +134,16 @@ print("D(-R) == +R for 1e:", torch.allclose(o3.Irrep("1e").D_from_matrix(-R), R,
 
 # %% [markdown]
 # Why `atol=1e-6` and not the 1e-15 that float64 promises? `D_from_matrix` builds its generators in torch's
-# *default* dtype, float32, whatever the dtype of $R$. We will meet this again below; the book's checker works
-# around it.
+# *default* dtype, float32, whatever the dtype of $R$. Its largest error here:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+d_error = float((o3.Irrep("1o").D_from_matrix(R) - R).abs().max())
+print(f"max |D(R) - R| = {d_error:.1e}")
+glue("d_error", d_error, display=False)
+
+# %% [markdown]
+# We will meet this again below; the book's checker works around it.
 
 # %% [markdown]
 # ## Many irreps: `o3.Irreps`
@@ -181,10 +198,14 @@ print("dims agree:", messy.dim == sorted_irreps.simplify().dim)
 # The 2019 API wrote the same information as a list of tuples, `Rs = [(mul, l)]` or `Rs = [(mul, l, p)]`. In the
 # three-element form `p` was `1` (even), `-1` (odd) or `0`, which meant *parity not tracked*: the network only knew
 # about rotations. Today every irrep has a parity, so converting an old list forces one choice: what does `p = 0`
-# become? `tpconv_lite.rs_to_irreps` chooses $(-1)^l$, the parity of the spherical harmonics of that degree
-# (`0e, 1o, 2e, ...`). The old rotation-only convolutions built their features from scalars and spherical harmonics,
-# so that is what their features were. The choice is explicit (`p0="even"` or `p0="error"` change it) and the
-# function rejects malformed lists. This is the package's code:
+# become? There is no right answer, only a convention, because a network that ignored inversions never gave its
+# features a parity. `tpconv_lite.rs_to_irreps` chooses $(-1)^l$, the parity of the spherical harmonics of that
+# degree (`0e, 1o, 2e, ...`). That is exact for features built directly from scalars and spherical harmonics, such as
+# the output of one convolution of scalar inputs with spherical-harmonic filters, and only for those: further down a
+# rotation-only network, the $1 \otimes 1 \to 1$ product of two vectors is their cross product, a pseudovector `1e`
+# under O(3), which the rule would label `1o` (a check below shows it). The choice is explicit (`p0="even"` or
+# `p0="error"` change it; explicit `(mul, l, p)` entries are kept) and the function rejects malformed lists. This is
+# the package's code:
 
 # %%
 from typing import Literal
@@ -199,7 +220,8 @@ def rs_to_irreps(Rs: list[tuple[int, ...]], p0: ParityForP0 = "sh") -> o3.Irreps
     Args:
         Rs: list of ``(mul, l)`` or ``(mul, l, p)``, with integers ``mul >= 0``, ``l >= 0`` and ``p`` in {1, -1, 0}.
             ``(mul, l)`` is the same as ``(mul, l, 0)``.
-        p0: what ``p = 0`` becomes: ``"sh"`` (``(-1)**l``, the default), ``"even"`` (``+1``) or ``"error"``.
+        p0: what ``p = 0`` becomes, a convention: ``"sh"`` (``(-1)**l``, the default; exact only for features
+            built directly from scalars and spherical harmonics), ``"even"`` (``+1``) or ``"error"``.
 
     Returns:
         The equivalent ``o3.Irreps`` (not simplified: ``[(1, 0), (1, 0)]`` gives ``1x0e+1x0e``).
@@ -250,6 +272,25 @@ for what, Rs in seed_lists.items():
     new = rs_to_irreps(Rs)
     assert new == tpconv_lite.rs_to_irreps(Rs)
     print(f"{what:32s} {str(Rs):36s} {new}")
+
+# %% [markdown]
+# Where the convention breaks: in a rotation-only network, two `l = 1` features combine into a third by the cross
+# product (chapter 3), and its Rs entry is `(1, 1)` like theirs, which the rule turns into `1o`. Under inversion the
+# two vectors change sign and their cross product does not: it is a `1e`. The checker rejects the `1o` label and
+# accepts `1e`; and O(3) has no `1o x 1o -> 1o` coupling at all (a tensor product asked for one gets no path and no
+# weight), so a deep network converted by the rule loses every such path. Label those entries yourself.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def cross_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.cross(a, b)
+
+
+a, b = torch.randn(2, 5, 3, dtype=torch.float64)
+print("rule:", rs_to_irreps([(1, 1)]), "| as 1o:", check_equivariance(cross_product, [a, b], ["1o", "1o"], "1o"))
+print("as 1e:", check_equivariance(cross_product, [a, b], ["1o", "1o"], "1e"))
+missing = o3.FullyConnectedTensorProduct("1o", "1o", "1o")
+print("1o x 1o -> 1o: paths", len(missing.instructions), "| weights", missing.weight_numel)
 
 # %% [markdown]
 # Bad lists fail loudly, naming the entry at fault:
@@ -364,8 +405,8 @@ print(check_equivariance(relative_positions, [pos], ["cartesian_points"], "1x1e"
 # %% [markdown]
 # ### Getting float64 right
 #
-# Earlier, `D_from_matrix` agreed with $R$ only to about $10^{-7}$. That is a float32 error, and it would hide real
-# bugs of the same size in a float64 check. The cause: e3nn computes its constants (rotation generators,
+# Earlier, `D_from_matrix` agreed with $R$ only to {glue:text}`d_error:.0e`. That is a float32 error, and it would
+# hide real bugs of the same size in a float64 check. The cause: e3nn computes its constants (rotation generators,
 # Clebsch-Gordan coefficients) in torch's *default* dtype, float32 unless you change it. The cure is to build them
 # while the default is float64, and the package has a small context manager for that:
 
@@ -446,7 +487,8 @@ print("feature of atom k+1 == D(R) feature of atom k:", torch.allclose(f[shift],
 # - `o3.Irreps("2x0e + 3x1o")` stacks irreps with multiplicities; features are `(N, irreps.dim)` tensors, sliced by
 #   `irreps.slices()`, multiplicity-major inside a block.
 # - The old `Rs = [(mul, l, p)]` lists carry the same information; `rs_to_irreps` converts them, turning the old
-#   "no parity" `p = 0` into $(-1)^l$.
+#   "no parity" `p = 0` into $(-1)^l$. That is a convention, exact only for features built directly from scalars and
+#   spherical harmonics: a rotation-only network's cross product is a `1e`, which the rule labels `1o`.
 # - Equivariance is checked numerically, in float64, with `tpconv_lite.testing.check_equivariance`, which can fail and
 #   tells you when it does.
 #

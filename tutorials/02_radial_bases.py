@@ -19,11 +19,11 @@
 # # 2. Radial bases
 #
 # The 2019 tutorial {footcite:p}`geiger2019e3nn` builds its convolution filter from two factors, a learned function
-# of the edge length $r$ and the spherical harmonics of the edge direction: $W(\vec r) = R(r)\, Y(\hat r)$. This
-# chapter is about the first factor. A network cannot do much with a single number $r$, so $R$ is built in two steps:
+# of the edge length $r$ and the spherical harmonics of the edge direction: $W(\vec r) = \rho(r)\, Y(\hat r)$. This
+# chapter is about the first factor. A network cannot do much with a single number $r$, so $\rho$ is built in two steps:
 # a fixed *basis* spreads $r$ over a few smooth bumps $B_b(r)$, and a small MLP turns those into $c$ weights,
 #
-# $$R_c(r) = W_{ch}\, \sigma\big(W_{hb}\, B_b(r)\big),$$
+# $$\rho_c(r) = W_{ch}\, \sigma\big(W_{hb}\, B_b(r)\big),$$
 #
 # with $b$ running over the basis functions, $h$ over hidden neurons and $c$ over the weights of the tensor product
 # that follows (the tutorial calls them paths; chapter 3 counts them). The tutorial called the whole thing a
@@ -85,6 +85,15 @@ from torch import Tensor
 import tpconv_lite
 from tpconv_lite import radial, radius_graph, scatter
 
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
+
+
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
 print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_lite.__version__}, device {device}")
@@ -98,7 +107,7 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # 2. choose among today's bases (`gaussian`, `cosine`, `smooth_finite`, `fourier`, `bessel`) knowing which sum to
 #    one, which vanish smoothly at the cutoff, and which one is NaN at $r = 0$;
 # 3. embed distances with `GaussianSmearing`, as the score model of chapter 9 does;
-# 4. build the radial network $R_c(r)$ with `RadialMLP`, explain its $\sqrt{n}$ input scaling, rebuild the 2019
+# 4. build the radial network $\rho_c(r)$ with `RadialMLP`, explain its $\sqrt{n}$ input scaling, rebuild the 2019
 #    settings, and make its output go to zero as a neighbour leaves the cutoff sphere.
 
 # %% [markdown]
@@ -310,10 +319,27 @@ for name, cutoff, B in rows:
     ranges = f"[{s.min():5.2f}, {s.max():5.2f}]   [{s2.min():5.2f}, {s2.max():5.2f}]"
     print(f"{name:14s} {cutoff!s:6s} {ranges}   {s2.mean():5.2f}")
 
+# %%
+e3nn_means = [float(B.pow(2).sum(-1).mean()) for name, _, B in rows[1:] if name != "bessel"]
+glue("mean_sq_low", min(e3nn_means), display=False)
+glue("mean_sq_high", max(e3nn_means), display=False)
+glue("bessel_mean_sq", float(rows[-1][2].pow(2).sum(-1).mean()), display=False)
+
 # %% [markdown]
 # Only the 2019 basis sums to one, and only e3nn's `cosine` without cutoff has squares that sum to exactly one; the
-# others keep the mean of $\sum_b B_b^2$ between 0.8 and 1.1 here (Bessel is not normalised at all: its $1/r$ grows
-# near 0). With a cutoff every basis except `gaussian` must fall to zero at the end, so its sums dip there.
+# others keep the mean of $\sum_b B_b^2$ between {glue:text}`mean_sq_low:.2f` and {glue:text}`mean_sq_high:.2f`
+# here. With a cutoff every basis except `gaussian` must fall to zero at the end, so its sums dip there. Bessel
+# ({glue:text}`bessel_mean_sq:.2f`) keeps a different promise: its functions
+# $B_b(r) = \sqrt{2/c}\, \sin(b \pi r / c) / r$ are *orthonormal* with respect to the radial measure of three
+# dimensions, $\int_0^c B_a(r) B_b(r)\, r^2\, dr = \delta_{ab}$ on $[0, c]$, which their $1/r$ growth near 0 pays for:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+r_mid = (torch.arange(30000, dtype=torch.float64) + 0.5) * max_radius / 30000  # midpoints, no r = 0
+B_bessel = soft_one_hot_linspace(r_mid, 0.0, max_radius, 4, "bessel", cutoff=False)  # (30000, 4)
+gram = (B_bessel[:, :, None] * B_bessel[:, None, :] * r_mid[:, None, None] ** 2).sum(0) * max_radius / 30000
+print("Bessel: int_0^c B_a B_b r^2 dr is the identity to 1e-6:",
+      torch.allclose(gram, torch.eye(4, dtype=torch.float64), atol=1e-6))
 
 # %% [markdown]
 # ### Which ones are smooth at the cutoff?
@@ -451,7 +477,7 @@ plt.show()
 # %% [markdown]
 # ## The radial network
 #
-# Back to $R_c(r) = W_{ch}\, \sigma(W_{hb}\, B_b(r))$. e3nn 0.6 has the MLP: `FullyConnectedNet([n, hidden, ...,
+# Back to $\rho_c(r) = W_{ch}\, \sigma(W_{hb}\, B_b(r))$. e3nn 0.6 has the MLP: `FullyConnectedNet([n, hidden, ...,
 # out_dim], act)`, with no biases, weights drawn from $\mathcal N(0, 1)$ and divided by $\sqrt{\text{fan-in}}$ in
 # the forward pass, and the activation rescaled (`normalize2mom`) so that a standard normal input gives an output of
 # second moment one. `RadialMLP` puts a basis in front of it. Its list of bases is the package's:
@@ -614,10 +640,36 @@ print(f"{'basis (n = 10)':27s} {'embedding with':>14s} {'without':>8s} {'output 
 for name, cutoff in [("cosine", False), ("smooth_finite", True), ("gaussian", True), ("fourier", True)]:
     m = second_moments(RadialMLP(8, 3.0, number_of_basis=10, basis=name, cutoff=cutoff).double())
     print(f"{name + ', cutoff=' + str(cutoff):27s} {m[0]:14.2f} {m[1]:8.2f} {m[2]:12.2f} {m[3]:8.2f}")
+    if name == "cosine":
+        output_ratio = m[2] / m[3]
+
+# %%
+glue("output_ratio", output_ratio, display=False)
 
 # %% [markdown]
-# With the factor, both the embedding and the output sit near one; without it the output is about twenty times too
-# small at initialisation, and the network would have to learn a scale that the factor gives for free.
+# With the factor, both the embedding and the output sit near one. Without it the embedding is $n = 10$ times too
+# small in second moment, as predicted, but the output is {glue:text}`output_ratio:.0f` times too small at
+# initialisation, twice as much. The extra factor comes from the activations. `normalize2mom` scales silu so that
+# its output has second moment one *for an input of second moment one*; a small input sees only its slope at zero,
+# $c / 2$ for silu scaled by $c$, and each of the two hidden layers then passes $(c/2)^2$ of the second moment of a
+# small signal:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from e3nn.math import normalize2mom
+
+small_signal_gain = (normalize2mom(torch.nn.functional.silu).cst / 2) ** 2  # per layer, in second moment
+predicted_ratio = 10 / small_signal_gain**2  # n, and two hidden layers
+print(f"small-signal gain of the normalised silu: {small_signal_gain:.2f} per layer")
+print(f"predicted output ratio {predicted_ratio:.0f}: within 25% of the measured one:",
+      abs(output_ratio / predicted_ratio - 1) < 0.25)
+
+# %%
+glue("predicted_ratio", predicted_ratio, display=False)
+
+# %% [markdown]
+# The prediction, $n / (c/2)^4 \approx$ {glue:text}`predicted_ratio:.0f`, accounts for the measured ratio. Without
+# the factor the network would have to learn a scale that the factor gives for free.
 #
 # The 2019 network took another route to the same place. Its first layer did *not* divide by $\sqrt{\text{fan-in}}$:
 # a comment in e3nn's old `radial.py` says that the normalisation assumes the inputs sum to one, which the squared
@@ -675,7 +727,7 @@ print(from_partial.net, "| same module:", torch.equal(from_partial(r), from_clas
 # ## A neighbour crosses the cutoff
 #
 # A convolution sums messages over the neighbours within `max_radius`, usually found with `radius_graph`. When a
-# neighbour drifts out of that sphere its edge disappears, and its message with it. If $R(r)$ is not zero at
+# neighbour drifts out of that sphere its edge disappears, and its message with it. If $\rho(r)$ is not zero at
 # `max_radius`, the summed output *jumps*: the network is a discontinuous function of the positions. An energy
 # computed from it is not conserved in a simulation, since the forces (its gradient) never see the jump, and a
 # training loss gets a step wherever an edge appears. This is why DimeNet {footcite:p}`klicpera2020dimenet` and
@@ -684,7 +736,7 @@ print(from_partial.net, "| same module:", torch.equal(from_partial(r), from_clas
 #
 # Watch it happen. A centre atom at the origin has two fixed neighbours (1.2 Å and 2 Å away) and a third one that
 # moves along $x$ from 2.5 to 3.5 Å. All positions go through `radius_graph` at once, one small graph per position of
-# the moving atom (the `batch` vector keeps them apart); the centre's output is the sum of $R(r_{ij})$ over its edges.
+# the moving atom (the `batch` vector keeps them apart); the centre's output is the sum of $\rho(r_{ij})$ over its edges.
 
 # %%
 def centre_output(R: RadialMLP, distances: Tensor) -> Tensor:
@@ -735,7 +787,7 @@ for name, model in models.items():
 #
 # A basis that vanishes at `max_radius` is not enough. With a zero embedding, `FullyConnectedNet` (which has no
 # biases) feeds zeros to every activation, and the output is zero only if $\sigma(0) = 0$. `silu` qualifies; softplus,
-# with $\text{softplus}(0) = \ln 2 / \beta$, does not. So $R(r_{\max}) = 0$ needs a basis that goes to
+# with $\text{softplus}(0) = \ln 2 / \beta$, does not. So $\rho(r_{\max}) = 0$ needs a basis that goes to
 # zero *and* an activation with $\sigma(0) = 0$:
 
 # %%
@@ -765,13 +817,13 @@ for name, cutoff, act_name, act in cases:
 # - e3nn's bases are normalised so that $\sum_b B_b^2 \approx 1$; only `smooth_finite` with `cutoff=True` vanishes at
 #   the cutoff with zero slope; `gaussian` never vanishes; `bessel` is NaN at $r = 0$.
 # - `GaussianSmearing` is SchNet's expansion as EigenFold and DiffDock use it: no cutoff, no normalisation.
-# - `RadialMLP` is $R_c(r) = W_{ch}\,\sigma(W_{hb}\,B_b(r))$: a basis times $\sqrt n$ (unit second moment for
+# - `RadialMLP` is $\rho_c(r) = W_{ch}\,\sigma(W_{hb}\,B_b(r))$: a basis times $\sqrt n$ (unit second moment for
 #   `FullyConnectedNet`) and a bias-free MLP. `RadialMLP.tutorial_2019` is the 2019 network, weight for weight.
-# - $R(r_{\max}) = 0$ needs a vanishing basis *and* $\sigma(0) = 0$; otherwise the output jumps when a
+# - $\rho(r_{\max}) = 0$ needs a vanishing basis *and* $\sigma(0) = 0$; otherwise the output jumps when a
 #   neighbour crosses the cutoff.
 #
 # Next, chapter 3 turns the edge *direction* into features, with spherical harmonics, and combines them with the
-# node features in a tensor product weighted by $R_c(r)$.
+# node features in a tensor product weighted by $\rho_c(r)$.
 
 # %% [markdown]
 # ## Exercises

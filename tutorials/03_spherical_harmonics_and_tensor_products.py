@@ -20,12 +20,12 @@
 #
 # The 2019 tutorial "Nuts and Bolts of e3nn" {footcite:p}`geiger2019e3nn` wrote its convolution in one line,
 #
-# $$f'_i = \sum_{j \in n(i)} R(r_{ij})\, Y(\hat r_{ij}) \otimes f_j ,$$
+# $$f'_i = \sum_{j \in n(i)} \rho(r_{ij})\, Y(\hat r_{ij}) \otimes f_j ,$$
 #
-# and named the two changes that make it equivariant: the filter is a learned radial function $R$ times the
+# and named the two changes that make it equivariant: the filter is a learned radial function $\rho$ times the
 # *spherical harmonics* $Y$ of the edge direction, and the element-wise product of an ordinary convolution becomes a
-# *tensor product* $\otimes$ built from Clebsch-Gordan coefficients. Chapter 2 built $R$. This chapter builds the
-# other two pieces, checks every property we need from them, and counts the weights that $R$ must produce.
+# *tensor product* $\otimes$ built from Clebsch-Gordan coefficients. Chapter 2 built $\rho$. This chapter builds the
+# other two pieces, checks every property we need from them, and counts the weights that $\rho$ must produce.
 
 # %% [markdown]
 # ```{admonition} Run this chapter
@@ -72,9 +72,19 @@ import torch
 from e3nn import o3
 
 import tpconv_lite
+from tpconv_lite import random_o3
 from tpconv_lite.graph import radius_graph
 from tpconv_lite.radial import RadialMLP
-from tpconv_lite.testing import check_equivariance, default_dtype, random_o3, wigner_D
+from tpconv_lite.testing import check_equivariance, default_dtype, wigner_D
+
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
+
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
@@ -469,7 +479,7 @@ print("tp(a, b) == w * alpha * (a x b) / sqrt 6:", torch.allclose(cross(a, b), e
 # | `0e` $\otimes$ `1o` $\to$ `1o` | $2 \cdot 1 \cdot 4 = 8$ |
 # | `0e` $\otimes$ `2e` $\to$ `2e` | $2 \cdot 1 \cdot 4 = 8$ |
 #
-# three paths and 24 weights. The 2019 `Kernel` counted the same thing,
+# three paths and {glue:text}`seed_weights` weights. The 2019 `Kernel` counted the same thing,
 # `n_path += mul_out * mul_in * len(l_filters)`, and called the 24 numbers "paths": the output size of the radial
 # model. e3nn's printout follows that habit ("24 paths"); in this book a path is a triple of irreps, and the 24 are
 # weights. The same count in code, with the rules written out:
@@ -493,6 +503,7 @@ seed_irreps = ("2x0e", "0e + 1o + 2e", "4x0e + 4x1o + 4x2e")
 tp = o3.FullyConnectedTensorProduct(*seed_irreps)
 print(tp)
 print("by hand (paths, weights):", count_weights(*seed_irreps), "| e3nn:", (len(tp.instructions), tp.weight_numel))
+glue("seed_weights", tp.weight_numel, display=False)
 for ins in tp.instructions:
     print(f"  {tp.irreps_in1[ins.i_in1].ir} (x) {tp.irreps_in2[ins.i_in2].ir} -> {tp.irreps_out[ins.i_out].ir}:"
           f" weights of shape {ins.path_shape}")
@@ -520,6 +531,55 @@ fig.suptitle("Paths: input 1 (left), input 2 (right), output (below)")
 plt.show()
 
 # %% [markdown]
+# ### Connection modes: `uvw`, `uvu`, `uuu`
+#
+# `FullyConnectedTensorProduct` is one case of e3nn's general `o3.TensorProduct(irreps_in1, irreps_in2, irreps_out,
+# instructions)`. Each instruction `(i_in1, i_in2, i_out, mode, has_weight)` names one path and, by its *connection
+# mode*, says which channels meet. Write $u, v, w$ for the channels of the first input, the second and the output:
+#
+# | mode | output channel $w$ gets | weights per path | needs |
+# |---|---|---|---|
+# | `uvw` | $\sum_{u,v} W_{uvw}\, x^{(u)} \otimes y^{(v)}$ (all with all) | `mul1 * mul2 * mul_out` | |
+# | `uvu` | $\sum_{v} W_{uv}\, x^{(u)} \otimes y^{(v)}$, $w = u$ | `mul1 * mul2` | `mul_out = mul1` |
+# | `uuu` | $W_{u}\, x^{(u)} \otimes y^{(u)}$, $w = u$ (channel-wise) | `mul1` | `mul1 = mul2 = mul_out` |
+#
+# `FullyConnectedTensorProduct` is `uvw` on every path. `uvu` with `mul2 = 1` (one filter per edge) is the usual
+# choice of convolutions that keep their channels apart, and `uuu` is e3x's `Tensor`, which chapter 7 compares
+# with its fused product. The counts, by hand and by e3nn, on the same five paths of `4x0e + 4x1o` with itself:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def count_weights_by_mode(irreps_in1: str, irreps_in2: str, irreps_out: str, mode: str) -> int:
+    """Number of weights of a tensor product with every allowed path in the given connection mode."""
+    per_path = {"uvw": lambda m1, m2, m3: m1 * m2 * m3, "uvu": lambda m1, m2, m3: m1 * m2,
+                "uuu": lambda m1, m2, m3: m1}[mode]
+    return sum(per_path(m1, m2, m3) for m1, ir1 in o3.Irreps(irreps_in1) for m2, ir2 in o3.Irreps(irreps_in2)
+               for m3, ir3 in o3.Irreps(irreps_out) if allowed(ir1, ir2, ir3))
+
+
+def tensor_product(irreps_in1: str, irreps_in2: str, irreps_out: str, mode: str) -> o3.TensorProduct:
+    """e3nn's tensor product with every allowed path, each in `mode`, with one set of learned weights."""
+    in1, in2, out = o3.Irreps(irreps_in1), o3.Irreps(irreps_in2), o3.Irreps(irreps_out)
+    instructions = [(i1, i2, i3, mode, True) for i1, (_, ir1) in enumerate(in1) for i2, (_, ir2) in enumerate(in2)
+                    for i3, (_, ir3) in enumerate(out) if allowed(ir1, ir2, ir3)]
+    return o3.TensorProduct(in1, in2, out, instructions)
+
+
+mode_irreps = ("4x0e + 4x1o", "4x0e + 4x1o", "4x0e + 4x1o + 4x1e")
+x1, x2 = o3.Irreps(mode_irreps[0]).randn(10, -1), o3.Irreps(mode_irreps[1]).randn(10, -1)
+nudged1, nudged2 = x1.clone(), x2.clone()
+nudged1[:, 1] += 1.0  # channel 1 of the 0e block of both inputs
+nudged2[:, 1] += 1.0
+for mode in ("uvw", "uvu", "uuu"):
+    tp_mode = tensor_product(*mode_irreps, mode)
+    untouched = torch.allclose(tp_mode(x1, x2)[:, 0], tp_mode(nudged1, nudged2)[:, 0])
+    print(f"{mode}: {len(tp_mode.instructions)} paths, weights by hand {count_weights_by_mode(*mode_irreps, mode):3d},"
+          f" e3nn weight_numel {tp_mode.weight_numel:3d} | output channel 0 ignores input channel 1: {untouched}")
+
+# %% [markdown]
+# Only `uuu` keeps channel 0 of the output apart from channel 1 of the inputs: `uvu` mixes the channels of the
+# second input, `uvw` all of them.
+#
 # ### Equivariance of the tensor product
 #
 # Built under the float64 default (chapter 1: otherwise its Clebsch-Gordan coefficients are float32-rounded), the
@@ -542,7 +602,7 @@ print(report.details())
 # ## One set of weights per edge
 #
 # So far `tp.weight` is one learned vector shared by every call. A convolution filter must depend on the edge
-# length instead, $R(r_{ij})$: with `shared_weights=False` the tensor product owns no weights, and its forward takes
+# length instead, $\rho(r_{ij})$: with `shared_weights=False` the tensor product owns no weights, and its forward takes
 # them as a third argument of shape `(E, weight_numel)`, one row per edge. The rows come from a radial network of the
 # edge length, here the `RadialMLP` of chapter 2 (the 2019 `RadialModel`), which outputs exactly `weight_numel`
 # numbers per edge. This is the 2019 `Kernel`, in today's pieces.
@@ -557,7 +617,7 @@ print("weights it expects per edge:", tp_edge.weight_numel)
 
 # %% [markdown]
 # On benzene, with the edges of chapter 1 (`edge_index[0]` the neighbour $j$, `edge_index[1]` the centre $i$) and the
-# vector $r_{ij} = x_j - x_i$ from the centre to the neighbour, the *messages* $R(r_{ij}) Y(\hat r_{ij}) \otimes f_j$
+# vector $r_{ij} = x_j - x_i$ from the centre to the neighbour, the *messages* $\rho(r_{ij}) Y(\hat r_{ij}) \otimes f_j$
 # are one `4x0e + 4x1o + 4x2e` feature per edge:
 
 # %%

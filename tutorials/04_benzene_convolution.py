@@ -22,7 +22,7 @@
 # convolution whose filter is a learned function of the distance times the spherical harmonics of the direction,
 #
 # $$
-# \text{E(3)Convolution}_i = \sum_{j \in n_i} R(r_{ij})\, Y(\hat r_{ij}) \otimes I_j ,
+# \text{E(3)Convolution}_i = \sum_{j \in n_i} \rho(r_{ij})\, Y(\hat r_{ij}) \otimes I_j ,
 # $$
 #
 # the operation of Tensor Field Networks {footcite:p}`thomas2018tensor`. Chapters 1 to 3 made the pieces: irreps,
@@ -65,6 +65,7 @@ if "google.colab" in sys.modules:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import math
 from functools import partial
 
 import e3nn
@@ -76,6 +77,15 @@ import tpconv_lite
 from tpconv_lite.graph import radius_graph, scatter
 from tpconv_lite.radial import RadialMLP
 from tpconv_lite.testing import check_equivariance, default_dtype, wigner_D
+
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
+
 
 try:  # the compiled PyTorch Geometric packages are optional: tpconv_lite.graph has a pure-torch backend
     import torch_cluster
@@ -92,7 +102,7 @@ print("torch_cluster and torch_scatter importable:", torch_cluster is not None)
 # ## Goals
 #
 # By the end of this chapter you can
-# 1. compute $f'_i = \frac{1}{\sqrt{z}} \sum_{j} R(|r_{ij}|)\, Y(\hat r_{ij}) \otimes f_j$ by hand: radius graph,
+# 1. compute $f'_i = \frac{1}{\sqrt{z}} \sum_{j} \rho(|r_{ij}|)\, Y(\hat r_{ij}) \otimes f_j$ by hand: radius graph,
 #    edge vectors, spherical harmonics, radial weights, one tensor product per edge, scatter, normalisation;
 # 2. avoid two traps of `torch_cluster.radius_graph`, and say why the book divides by a fixed $\sqrt{z}$ rather than
 #    by each atom's neighbour count;
@@ -107,11 +117,11 @@ print("torch_cluster and torch_scatter importable:", torch_cluster is not None)
 # (the target), $r_{ij} = x_j - x_i$ points from the centre to the neighbour, and
 #
 # $$
-# f'_i = \frac{1}{\sqrt{z}} \sum_{j \in n(i)} R(|r_{ij}|)\; Y\!\left(\frac{r_{ij}}{|r_{ij}|}\right) \otimes f_j ,
+# f'_i = \frac{1}{\sqrt{z}} \sum_{j \in n(i)} \rho(|r_{ij}|)\; Y\!\left(\frac{r_{ij}}{|r_{ij}|}\right) \otimes f_j ,
 # \qquad n(i) = \{\, j \ne i : |r_{ij}| < r_\text{max} \,\}.
 # $$
 #
-# $Y$ are the spherical harmonics of the direction, $R$ is a small network that turns the length into one weight
+# $Y$ are the spherical harmonics of the direction, $\rho$ is a small network that turns the length into one weight
 # per path of the tensor product $\otimes$, and $z$ is a fixed normaliser (more on it in step 6). The tutorial's
 # settings, then and now:
 #
@@ -174,10 +184,23 @@ print("neighbours of each carbon:", num_neighbors_per_atom[:6].int().tolist())
 print("neighbours of each hydrogen:", num_neighbors_per_atom[6:].int().tolist())
 print("mean:", edge_index.shape[1] / num_atoms)
 
+# %%
+distances = torch.cdist(pos, pos)  # (12, 12) Å; carbon k is atom k, its hydrogen atom 6 + k
+for name, (a, b) in {"cc_ortho": (0, 1), "cc_meta": (0, 2), "cc_para": (0, 3), "ch": (0, 6), "ch_ortho": (0, 7),
+                     "hh_ortho": (6, 7)}.items():
+    glue(f"d_{name}", float(distances[a, b]), display=False)
+glue("d_outside", float(distances[distances > max_radius].min()), display=False)
+glue("n_carbon", int(num_neighbors_per_atom[0]), display=False)
+glue("n_hydrogen", int(num_neighbors_per_atom[6]), display=False)
+glue("n_edges", edge_index.shape[1], display=False)
+
 # %% [markdown]
-# A carbon sees its two ring neighbours (1.40 Å), the two next ones (2.43 Å), the opposite carbon (2.81 Å), its own
-# hydrogen (1.09 Å) and the two hydrogens of its neighbours (2.16 Å): eight. A hydrogen sees its carbon, the two
-# next carbons and the two next hydrogens (2.49 Å): five. Everything else is at least 3.42 Å away.
+# A carbon sees its two ring neighbours ({glue:text}`d_cc_ortho:.2f` Å), the two next ones
+# ({glue:text}`d_cc_meta:.2f` Å), the opposite carbon ({glue:text}`d_cc_para:.2f` Å), its own hydrogen
+# ({glue:text}`d_ch:.2f` Å) and the two hydrogens of its neighbours ({glue:text}`d_ch_ortho:.2f` Å):
+# {glue:text}`n_carbon`. A hydrogen sees its carbon, the two next carbons and the two next hydrogens
+# ({glue:text}`d_hh_ortho:.2f` Å): {glue:text}`n_hydrogen`. Everything else is at least
+# {glue:text}`d_outside:.2f` Å away.
 #
 # ### Two traps of `torch_cluster.radius_graph`
 #
@@ -269,7 +292,7 @@ for ins in tp.instructions:
 
 # %% [markdown]
 # Three paths of $2 \times 4$ weights: 24 numbers per edge. They are the $c$ of the tutorial's radial model
-# $R_c(r_{ij}) = W_{ch}\, \sigma(W_{hb} B_b(r_{ij}))$, "unintuitively the number of paths". Chapter 2 built that
+# $\rho_c(r_{ij}) = W_{ch}\, \sigma(W_{hb} B_b(r_{ij}))$, "unintuitively the number of paths". Chapter 2 built that
 # network; `RadialMLP.tutorial_2019(24)` has the tutorial's settings (3 squared-cosine bumps up to 3.0 Å, two hidden
 # layers of 100, softplus with $\beta = 5$):
 
@@ -284,7 +307,7 @@ print("edges of equal length get equal weights:", torch.allclose(edge_weights[sa
 
 # %% [markdown]
 # The 2019 radial function has no cutoff: the last bump is centred on 3.0 Å, and beyond the bumps (4.5 Å) the
-# network still answers, with the constant $R(\infty)$ = MLP(0), which is not zero since softplus(0) is not. The
+# network still answers, with the constant $\rho(\infty)$ = MLP(0), which is not zero since softplus(0) is not. The
 # old all-pairs convolution therefore had no finite range, and our radius graph at 3.0 Å cuts a function that is
 # not zero there. For benzene this never matters (no distance lies near 3.0 Å), but remember it for step 6.
 
@@ -350,7 +373,7 @@ if torch_scatter is not None:
 # - **per atom**, divide atom $i$'s sum by its own neighbour count $n_i$ (a mean, `scatter(..., reduce="mean")`,
 #   as the DiffDock/EigenFold layer of chapter 8 does) or by $\sqrt{n_i}$;
 # - **a constant**, divide every sum by $\sqrt{z}$ with $z$ the typical neighbour count of the data, as e3nn's
-#   convolution guide and example networks do. For benzene $z = 78 / 12 = 6.5$.
+#   convolution guide and example networks do. For benzene $z =$ {glue:text}`n_edges` $/ 12 = 6.5$.
 #
 # The numbers for benzene (second moments, averaged over atoms and components):
 
@@ -371,6 +394,9 @@ for name, value in options.items():
     else:
         carbons, hydrogens = value[:6], value[6:]
     print(f"{name:18s} {carbons.pow(2).mean():8.2f} {hydrogens.pow(2).mean():10.2f}")
+single = float(messages.pow(2).mean().detach())
+ratios = [float(options[name].pow(2).mean().detach()) / single for name in ("sum / sqrt(z)", "sum / sqrt(n_i)")]
+print("sum / sqrt(z) and sum / sqrt(n_i) within a factor 2 of one message:", all(0.5 < q < 2 for q in ratios))
 
 # %% [markdown]
 # Dividing by $\sqrt{z}$ or by $\sqrt{n_i}$ brings the sum back to the scale of a single message; the mean makes
@@ -579,12 +605,27 @@ with torch.no_grad():
     print("the chapter's class == the package's:", torch.equal(package_conv(x, pos), out))
 
 # %% [markdown]
+# The zero-length-edge guard, in three lines: put two atoms at the same place and differentiate. e3nn's
+# `normalize=True` divides by `max(|r|, 1e-12)`, the module's safe divisor by 1:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+zero_edge = torch.zeros(1, 3, dtype=torch.float64, device=device, requires_grad=True)
+e3nn_grad = torch.autograd.grad(o3.spherical_harmonics("1o", zero_edge, normalize=True).sum(), zero_edge)[0]
+stacked = torch.zeros(2, 3, dtype=torch.float64, device=device, requires_grad=True)  # two atoms at one place
+module_grad = torch.autograd.grad(conv(x[[0, 6]], stacked).pow(2).sum(), stacked)[0]
+finite = bool(module_grad.isfinite().all() and module_grad.abs().max() < 10)
+print(f"normalize=True: |gradient| about 1e{math.log10(e3nn_grad.abs().max()):.0f}",
+      "| the module: finite, below 10:", finite)
+
+# %% [markdown]
 # ### Why a constant: crossing the cutoff
 #
 # Take a radial function that does vanish at the cutoff (the module's defaults: the `smooth_finite` basis and
 # `silu`, chapter 2), and move one neighbour of an atom across $r_\text{max} = 2$ Å while another neighbour stays at
-# 1.2 Å. The module gives the constant version; the per-atom mean is the same sum divided by $n_i$ instead of
-# $\sqrt{z}$. A `batch` vector runs all 201 positions in one call.
+# 1.2 Å. The module gives the constant version; the per-atom mean averages the same messages over each atom's own
+# edges, `scatter(messages, dst, reduce="mean")`, from the module's own tensor product and radial network. A `batch`
+# vector runs all 201 positions in one call.
 
 # %%
 with default_dtype(torch.float64):
@@ -600,12 +641,22 @@ def three_atoms(distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return x[[0, 6, 6]].repeat(len(distance), 1), frames.reshape(-1, 3), batch  # a carbon and two hydrogens
 
 
+def per_atom_mean(
+    conv: PointConvolution, x: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor
+) -> torch.Tensor:
+    """(N, irreps_out.dim): each atom's messages averaged over its own edges, with the pieces of `conv`."""
+    src, dst = radius_graph(pos, conv.max_radius, batch)
+    edge_vec = pos[src] - pos[dst]
+    edge_sh = o3.spherical_harmonics(conv.irreps_sh, edge_vec, normalize=True, normalization="component")
+    messages = conv.tp(x[src], edge_sh, conv.radial(edge_vec.norm(dim=1)))
+    return scatter(messages, dst, dim=0, dim_size=x.shape[0], reduce="mean")
+
+
 distance = torch.linspace(1.5, 2.5, 201, dtype=torch.float64, device=device)
 with torch.no_grad():
     xs, positions, batch = three_atoms(distance)
     centre_constant = smooth_conv(xs, positions, batch=batch)[0::3]  # the centre atom of every frame
-n_centre = 1.0 + (distance < 2.0).to(torch.float64)  # its neighbour count: 2 inside the cutoff, 1 outside
-centre_mean = centre_constant * smooth_conv.num_neighbors**0.5 / n_centre[:, None]
+    centre_mean = per_atom_mean(smooth_conv, xs, positions, batch)[0::3]
 
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.plot(distance.cpu(), centre_constant.norm(dim=1).cpu(), label=r"sum / $\sqrt{z}$ (package)")
@@ -619,7 +670,8 @@ plt.show()
 
 # %% [markdown]
 # Just inside and just outside the cutoff the moving neighbour's message is already zero. The constant version does
-# not move; the mean doubles, because its denominator drops from 2 to 1:
+# not move; the per-atom mean doubles, because the message it averages with that zero leaves, and its count drops
+# from 2 to 1:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -627,8 +679,9 @@ with torch.no_grad():
     crossing = torch.tensor([2.0 - 1e-6, 2.0 + 1e-6], dtype=torch.float64, device=device)
     xs, positions, batch = three_atoms(crossing)
     inside, outside = smooth_conv(xs, positions, batch=batch)[0::3]
+    mean_inside, mean_outside = per_atom_mean(smooth_conv, xs, positions, batch)[0::3]
 print("constant: no jump at the cutoff:", torch.allclose(inside, outside, atol=1e-12))
-print("mean: |after| / |before| = %.3f" % ((outside.norm() / 1) / (inside.norm() / 2)))
+print("per-atom mean: |after| / |before| = %.3f" % (mean_outside.norm() / mean_inside.norm()))
 
 # %% [markdown]
 # ## Equivariance
@@ -792,7 +845,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 #
-# - The convolution $f'_i = \frac{1}{\sqrt z}\sum_j R(|r_{ij}|)\, Y(\hat r_{ij}) \otimes f_j$ is six steps: radius
+# - The convolution $f'_i = \frac{1}{\sqrt z}\sum_j \rho(|r_{ij}|)\, Y(\hat r_{ij}) \otimes f_j$ is six steps: radius
 #   graph, edge vectors `pos[src] - pos[dst]`, spherical harmonics, radial weights `(E, weight_numel)`, a tensor
 #   product with `shared_weights=False`, and a scatter to the targets divided by a constant.
 # - Go through `tpconv_lite.graph`: torch_cluster called directly caps neighbours at 32 and mixes molecules whose

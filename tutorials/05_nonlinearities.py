@@ -73,6 +73,15 @@ from tpconv_lite.convolution import PointConvolution
 from tpconv_lite.graph import radius_graph
 from tpconv_lite.testing import check_equivariance, default_dtype
 
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
+
+
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
 print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_lite.__version__}, device {device}")
@@ -156,7 +165,8 @@ for act in [torch.tanh, torch.abs, torch.relu]:
 #
 # First, a detail that every e3nn activation shares. If the inputs of a layer are standard normal, its outputs should
 # have second moment 1 too, so that signals keep their scale through a deep network at initialisation. A plain
-# softplus does not: $E[\mathrm{softplus}_5(x)^2] \approx 0.51$ for $x \sim N(0, 1)$. The 2019 `rescaled_act` module
+# softplus does not: $E[\mathrm{softplus}_5(x)^2] \approx$ {glue:text}`softplus_moment:.2f` for $x \sim N(0, 1)$
+# (measured below). The 2019 `rescaled_act` module
 # multiplied each activation by the constant that fixes it; e3nn 0.6 does the same with `normalize2mom(f)`, which
 # estimates
 #
@@ -173,6 +183,9 @@ for name, f in [("softplus(beta=5)", softplus5), ("sigmoid", torch.sigmoid), ("r
     g = normalize2mom(f)
     print(f"{name:17s} E[f^2] = {f(samples).pow(2).mean():.2f}  constant c = {g.cst:.3f}"
           f"  E[(c f)^2] = {g(samples).pow(2).mean():.2f}")
+
+# %%
+glue("softplus_moment", float(softplus5(samples).pow(2).mean()), display=False)
 
 # %% [markdown]
 # For the ReLU the constant is known exactly: $E[\mathrm{relu}(x)^2] = \frac12$ (half of $E[x^2]$), so
