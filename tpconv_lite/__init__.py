@@ -3,7 +3,7 @@
 Only public names are re-exported here; each lives in a module that holds one idea.
 """
 
-from tpconv_lite.attention import EquivariantAttention, edge_softmax
+from tpconv_lite.attention import EquivariantAttention
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.convolution import PointConvolution
 from tpconv_lite.data import Molecule, benzene
@@ -19,11 +19,12 @@ from tpconv_lite.diffusion import (
 )
 from tpconv_lite.embeddings import GaussianFourierProjection, get_timestep_embedding, sinusoidal_embedding
 from tpconv_lite.fused import FusedTensorProduct, e3x_irreps, e3x_to_irreps, irreps_to_e3x
-from tpconv_lite.graph import knn_graph, radius_graph, scatter
+from tpconv_lite.graph import edge_geometry, edge_softmax, knn_graph, radius_graph, scatter
 from tpconv_lite.irreps import irreps_to_rs, rs_to_irreps
 from tpconv_lite.radial import GaussianSmearing, RadialMLP, cosine_basis
 from tpconv_lite.score_model import ChainBatch, ResidueGraph, ResiLevelTensorProductScoreModel, ScoreModelConfig
-from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance, random_o3
+from tpconv_lite.rotations import random_o3
+from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "cosine_basis",
     "e3x_irreps",
     "e3x_to_irreps",
+    "edge_geometry",
     "edge_softmax",
     "EquivarianceReport",
     "EquivariantAttention",
