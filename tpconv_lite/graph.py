@@ -409,7 +409,7 @@ def edge_geometry(
         >>> pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 2.0]])
         >>> vec, length, sh = edge_geometry(pos, torch.tensor([[1, 2], [0, 1]]), 1)
         >>> length, sh
-        (tensor([2., 0.]), tensor([[1.0000, 0.0000, 1.7321, 0.0000],
+        (tensor([2., 0.]), tensor([[1.0000, 0.0000, 0.0000, 1.7321],
                 [1.0000, 0.0000, 0.0000, 0.0000]]))
     """
     if isinstance(irreps_sh, int):
