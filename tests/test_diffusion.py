@@ -13,9 +13,7 @@ from tpconv_lite.diffusion import (
     HELIX_RISE,
     VESDE,
     beta_hairpin,
-    ca_dihedrals,
     chain_features,
-    handedness,
     ideal_helix,
     noised_batch,
     sample_chains,
@@ -24,6 +22,7 @@ from tpconv_lite.diffusion import (
     toy_model_config,
     train_score_model,
 )
+from tpconv_lite.metrics import ca_dihedrals, handedness
 from tpconv_lite.score_model import ResiLevelTensorProductScoreModel
 from tpconv_lite.testing import random_o3
 

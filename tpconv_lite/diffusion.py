@@ -8,7 +8,7 @@ score multiplied by ``score_norm``, and is trained with EigenFold's loss ``mean(
 **Data.** :func:`toy_chains` gives alpha-carbon (CA) chains: ideal right-handed alpha helices (3.6 residues per
 turn, 1.5 Å rise, 2.3 Å radius, hence 3.83 Å between consecutive CAs) or planar beta hairpins, slightly noised,
 centred and randomly rotated. Their handedness is read from the CA pseudo-dihedral angles of residues
-``i, i+1, i+2, i+3`` (:func:`ca_dihedrals`): about +50 degrees along a right-handed alpha helix, -50 along its
+``i, i+1, i+2, i+3`` (:func:`tpconv_lite.metrics.ca_dihedrals`): about +50 degrees along a right-handed alpha helix, -50 along its
 mirror image, 0 or 180 in a planar hairpin. Node and pair features (:func:`chain_features`) stand in for
 EigenFold's language-model embeddings: a one-hot chain kind per residue, and per pair whether the two residues
 are bonded and which comes first.
@@ -40,6 +40,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tpconv_lite.graph import scatter
+from tpconv_lite.metrics import ca_dihedrals as ca_dihedrals  # re-exported: they lived here before metrics
+from tpconv_lite.metrics import handedness as handedness
 from tpconv_lite.score_model import ChainBatch, ScoreModelConfig
 from tpconv_lite.rotations import random_o3
 
@@ -90,43 +92,6 @@ def beta_hairpin(n_residues: int, dtype: torch.dtype = torch.float64) -> Tensor:
     points = strand[second - first :] + [turn] + [(x, y + STRAND_GAP) for x, y in reversed(strand)]
     pos = torch.tensor([[x, y, 0.0] for x, y in points], dtype=torch.float64)
     return (pos - pos.mean(dim=0)).to(dtype)
-
-
-def ca_dihedrals(pos: Tensor) -> Tensor:
-    """Pseudo-dihedral angles of consecutive CA quadruplets ``i, i+1, i+2, i+3``, in degrees.
-
-    IUPAC sign convention: looking along ``i+1 -> i+2``, the angle is positive when ``i+3`` is turned clockwise
-    from ``i``. An ideal right-handed alpha helix gives about +50 degrees, its mirror image about -50.
-
-    Args:
-        pos: (..., n, 3) positions, n >= 4.
-
-    Returns:
-        (..., n - 3) angles in (-180, 180].
-    """
-    if not isinstance(pos, Tensor) or pos.dim() < 2 or pos.shape[-1] != 3 or pos.shape[-2] < 4:
-        shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
-        raise ValueError(f"pos must be a tensor of shape (..., n, 3) with n >= 4, got {shape}")
-    b1 = pos[..., 1:-2, :] - pos[..., :-3, :]
-    b2 = pos[..., 2:-1, :] - pos[..., 1:-2, :]
-    b3 = pos[..., 3:, :] - pos[..., 2:-1, :]
-    n1 = torch.cross(b1, b2, dim=-1)
-    n2 = torch.cross(b2, b3, dim=-1)
-    y = (torch.cross(n1, n2, dim=-1) * b2).sum(-1) / b2.norm(dim=-1)
-    x = (n1 * n2).sum(-1)
-    return torch.rad2deg(torch.atan2(y, x))
-
-
-def handedness(pos: Tensor) -> Tensor:
-    """Mean sine of the CA pseudo-dihedrals: > 0 for a right-handed helix (about 0.77 ideal), < 0 for a left one.
-
-    Args:
-        pos: (..., n, 3) positions, n >= 4.
-
-    Returns:
-        (...) values in [-1, 1].
-    """
-    return torch.sin(torch.deg2rad(ca_dihedrals(pos))).mean(dim=-1)
 
 
 def toy_chains(

@@ -73,9 +73,7 @@ from torch.nn import functional as F
 
 import tpconv_lite
 from tpconv_lite.diffusion import (
-    ca_dihedrals,
     chain_features,
-    handedness,
     ideal_helix,
     noised_batch,
     sample_chains,
@@ -84,6 +82,7 @@ from tpconv_lite.diffusion import (
     train_score_model,
 )
 from tpconv_lite.graph import scatter
+from tpconv_lite.metrics import ca_dihedrals, handedness
 from tpconv_lite.score_model import ChainBatch, ResiLevelTensorProductScoreModel, ScoreModelConfig
 from tpconv_lite.testing import check_equivariance, default_dtype
 
