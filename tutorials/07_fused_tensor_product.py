@@ -61,6 +61,7 @@ import functools
 import itertools
 import math
 import time
+from pathlib import Path
 
 import e3nn
 import matplotlib.pyplot as plt
@@ -1052,14 +1053,34 @@ print("fitted slopes below the asymptotic 4 and 6:", slope_of("fused fwd") < 4 a
 # %% [markdown]
 # ## Cross-checked against e3x
 #
-# The package's test suite holds an optional test, `tests/test_fused_e3x.py`, that runs e3x itself (JAX, not a
-# dependency of the book, so it is skipped unless jax and e3x are importable). It computes the change of basis
-# between the two libraries' real spherical harmonics from their values at random points, checks that it is the
-# identity for $l \le 1$ and not a permutation beyond, checks that e3x's Clebsch-Gordan coefficients in e3nn's basis
-# are $\sqrt{2 l_3 + 1}$ `o3.wigner_3j`, and then copies the kernels of an initialised `e3x.nn.FusedTensor` into
-# `FusedTensorProduct` and compares the outputs for six settings, one with the vanishing $3 \otimes 5 \to 5$ path.
-# With e3x 1.0.2 all 8 tests pass; in float64 the outputs (of size about 5) agree to within $3 \cdot 10^{-14}$. To
-# run it without touching the project's environment:
+# Everything above was derived from the formulas. Does it give e3x's numbers? e3x runs on JAX, which is not a
+# dependency of the book, so the package ships the answer: `tpconv_lite/assets/e3x_fused.npz` holds inputs, the
+# kernels of an initialised `e3x.nn.FusedTensor` and its outputs, for three settings (one with the vanishing
+# $3 \otimes 5 \to 5$ path), written by `tests/make_e3x_reference.py` in a separate environment with jax and e3x
+# (the command is in the script and in `tpconv_lite/assets/README.md`). Inputs and outputs are stored in e3nn's
+# basis of spherical harmonics; e3x's real harmonics differ from e3nn's by a rotation within each degree $l \ge 2$,
+# which the script applies both ways. Copying the kernels into `FusedTensorProduct`, by their e3x names, must give
+# the stored outputs:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+e3x_reference = np.load(Path(tpconv_lite.__file__).parent / "assets" / "e3x_fused.npz")
+print("made with jax {}, e3x {}".format(*e3x_reference["versions"]))
+for i, (p1, p2, l1, l2, l3, pseudo) in enumerate(e3x_reference["cases"].tolist()):
+    tp = FusedTensorProduct(4, l1, l2, l3, p1, p2, bool(pseudo)).double()
+    with torch.no_grad():
+        for name, parameter in tp.named_parameters():
+            parameter.copy_(torch.from_numpy(e3x_reference[f"case{i}__kernel__{name}"]))
+        ours = tp(*(torch.from_numpy(e3x_reference[f"case{i}__{k}"]) for k in ("x", "y")))
+    expected = torch.from_numpy(e3x_reference[f"case{i}__output"])
+    agree = ours.shape == expected.shape and bool(((ours - expected).abs().max() < 1e-12 * expected.abs().max()))
+    print(f"P={p1},{p2} L={l1},{l2}->{l3} pseudotensors={bool(pseudo)}: same output as e3x (1e-12 relative):", agree)
+
+# %% [markdown]
+# The package's test suite goes further with e3x itself, in `tests/test_fused_e3x.py` (skipped unless jax and e3x
+# are importable): it checks that the change of basis is the identity for $l \le 1$ and not a permutation beyond,
+# that e3x's Clebsch-Gordan coefficients in e3nn's basis are $\sqrt{2 l_3 + 1}$ `o3.wigner_3j`, and compares six
+# settings. To run it without touching the project's environment:
 #
 # ```bash
 # pip install --target /tmp/e3x-site jax e3x
