@@ -70,6 +70,7 @@ from e3nn.nn import FullyConnectedNet
 from torch import Tensor, nn
 
 import tpconv_lite
+from tpconv_lite.diagrams import box_diagram
 from tpconv_lite.graph import edge_geometry, radius_graph, scatter
 from tpconv_lite.testing import check_equivariance, default_dtype
 
@@ -127,6 +128,32 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # than a plain inner product, and the output uses $\sqrt{\alpha_{ij}}$, for a reason measured below. The paper's layer
 # also adds a self-interaction of node $i$'s own features; here that is left to the surrounding network (chapter 8's
 # layer has a residual).
+
+# %% [markdown]
+# Who feeds whom, for one edge $j \to i$ (drawn by `tpconv_lite.diagrams.box_diagram`): the query comes from the
+# target alone, the key and the value from the source and the edge, and only the score, a scalar, meets the query.
+
+# %% tags=["hide-input"]
+box_diagram(
+    {
+        "fi": (0, 2.2, "$f_i$ (target)"),
+        "fj": (0, 0.4, "$f_j$ (source)"),
+        "r": (0, -1.4, "$r_{ij} = x_j - x_i$"),
+        "edge": (3.4, -1.4, "$Y(\\hat r_{ij})$, emb$(|r_{ij}|)$"),
+        "q": (3.4, 2.2, "$q_i$ = h_q$(f_i)$"),
+        "k": (6.8, 1.0, "$k_{ij}$ = tp_k$(f_j, Y; $fc_k$)$"),
+        "v": (6.8, -0.6, "$v_{ij}$ = tp_v$(f_j, Y; $fc_v$)$"),
+        "score": (10.2, 2.2, "dot$(q_i, k_{ij})$: 0e"),
+        "alpha": (13.6, 2.2, "$\\alpha_{ij}$ = edge_softmax"),
+        "out": (13.6, -0.6, "$f'_i = \\sum_j \\sqrt{\\alpha_{ij}}\\, v_{ij}$"),
+    },
+    [("fi", "q"), ("fj", "k"), ("fj", "v"), ("r", "edge"), ("edge", "k"), ("edge", "v"), ("q", "score"),
+     ("k", "score"), ("score", "alpha"), ("alpha", "out"), ("v", "out")],
+    width=2.9,
+    colors={"q": "#d9ead3", "k": "#cfe2f3", "v": "#fce5cd"},
+    title="Attention on the edges into node i",
+)
+plt.show()
 
 # %% [markdown]
 # ## Step by step, on a random graph

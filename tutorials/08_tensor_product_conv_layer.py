@@ -62,6 +62,7 @@ if "google.colab" in sys.modules:
 import functools
 
 import e3nn
+import matplotlib.pyplot as plt
 import torch
 from e3nn import o3
 from e3nn.nn import BatchNorm
@@ -70,6 +71,7 @@ from torch.nn import functional as F
 
 import tpconv_lite
 from tpconv_lite import bench
+from tpconv_lite.diagrams import box_diagram
 from tpconv_lite.graph import edge_softmax, scatter
 from tpconv_lite.radial import GaussianSmearing
 from tpconv_lite.testing import check_equivariance, default_dtype
@@ -134,6 +136,30 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # `lin_self`, a deeper MLP, attention and checkpointing. (DiffDock's layer also sends its messages the other way,
 # from `edge_index[1]` to `edge_index[0]`; EigenFold's, and this book's, go from row 0 to row 1.)
 #
+# As a block diagram (drawn by `tpconv_lite.diagrams.box_diagram`), the steps that the sections below build one by one:
+
+# %% tags=["hide-input"]
+box_diagram(
+    {
+        "f": (2.3, 0.9, "node features $f$"),
+        "lin_in": (0, -1.1, "lin_in: $L_\\mathrm{in} f$"),
+        "tp": (0, -2.2, "TP$(L_\\mathrm{in} f_j,\\ Y(\\hat r_{ij});\\ \\mathrm{fc}(e_{ij}))$ per edge"),
+        "reduce": (0, -3.3, "mean over $j$, or attention"),
+        "lin_out": (0, -4.4, "lin_out"),
+        "add": (0, -5.5, "+"),
+        "skip": (4.6, -5.5, "$f \\oplus 0$ or lin_self$(f)$"),
+        "bn": (0, -6.6, "batch norm (optional)"),
+        "out": (0, -7.7, "$f'$"),
+    },
+    [("f", "lin_in"), ("lin_in", "tp"), ("tp", "reduce"), ("reduce", "lin_out"), ("lin_out", "add"),
+     ("f", "skip", "residual"), ("skip", "add"), ("add", "bn"), ("bn", "out")],
+    width=4.0,
+    colors={"tp": "#cfe2f3", "reduce": "#cfe2f3", "skip": "#fce5cd"},
+    title="TensorProductConvLayer",
+)
+plt.show()
+
+# %% [markdown]
 # ## A test graph
 #
 # A toy protein chain: twelve "residues" on a random walk with 3.8 Å steps (the distance between neighbouring
@@ -970,7 +996,6 @@ print(f"{'all':5s} {'':38s} {count(stack):6d} | {'':15s} {count(stack_attention)
 print(f"share of the parameters in fc: {sum(count(layer.fc) for layer in stack) / count(stack):.0%}")
 
 # %%
-import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(7, 3.2))
 bottom = torch.zeros(len(stack_attention))
