@@ -252,7 +252,7 @@ def test_bad_data_raises_clear_errors():
         (_with(data, node_attr=data.resi.node_attr.float()), TypeError, "node_attr is torch.float32 but the model is"),
         (_with(data, pos=data.resi.pos.long()), TypeError, "pos must be a floating point tensor"),
         (_with(data, pos=data.resi.pos * math.nan), ValueError, "pos contains NaN"),
-        (_with(data, score_norm=torch.ones(1).double()), ValueError, r"score_norm must be a number, a 0-d tensor or a tensor of shape \(B,\) with B >= 2"),
+        (_with(data, score_norm=torch.ones(1).double()), ValueError, r"or a tensor of shape \(B,\) with B >= 2 chains"),
         (_with(data, score_norm=torch.ones(2, 1).double()), ValueError, "score_norm must be a number"),
         (_with(data, edge_attr_=None), ValueError, r"edge_attr_ must be a tensor of shape \(E, 2 \* lm_edge_dim=4\)"),
         (object(), TypeError, r"data must give data\['resi'\]"),

@@ -4,9 +4,9 @@ Four sections, each a function that returns plain data (dicts, lists, floats) so
 :func:`run_benchmarks` runs them all and :func:`format_report` prints them:
 
 1. :func:`bench_conv_layer`: EigenFold's convolution layer as the original writes it
-   (:class:`~tpconv_lite.reference.ReferenceLayer`: e3nn's tensor products and torch_scatter) against :class:`~tpconv_lite.conv_layer.TensorProductConvLayer` loaded with
-   the same ``state_dict``, on the score model's default layer and dense residue graphs (every ordered pair of
-   residues is an edge). Forward alone is timed as inference (eval mode, no autograd); forward + backward with
+   (:class:`~tpconv_lite.reference.ReferenceLayer`: e3nn's tensor products and torch_scatter) against
+   :class:`~tpconv_lite.conv_layer.TensorProductConvLayer` loaded with the same ``state_dict``, on the score
+   model's default layer and dense residue graphs (every ordered pair of residues is an edge). Forward alone is timed as inference (eval mode, no autograd); forward + backward with
    checkpointing (train mode: the original always checkpoints in training) and without (eval mode). Next to each
    timing: the largest relative difference of the outputs and of the gradients, ``max |ours - ref| / max |ref|``.
 2. :func:`bench_fused`: e3x's fused tensor product (:class:`~tpconv_lite.fused.FusedTensorProduct`) against the
@@ -22,8 +22,8 @@ Four sections, each a function that returns plain data (dicts, lists, floats) so
 Timing: in each case the contenders run alternately in one process, after warm-up runs, and each reports the
 median, min and max of its repeats (wall clock; CUDA is synchronised). The measuring tools are public, and the
 chapters use them rather than writing their own: :func:`time_side_by_side` (the book's one timer),
-:func:`memory_use` (its one memory meter) and :func:`forward_backward` (the training step they measure). The machine's load matters on a shared
-computer: the report includes the load average and the number of threads.
+:func:`memory_use` (its one memory meter) and :func:`forward_backward` (the training step they measure). The
+machine's load matters on a shared computer: the report includes the load average and the number of threads.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ def box_diagram(
                 raise ValueError(f"arrow {arrow} names {end!r}, which is not a box; boxes are {sorted(boxes)}")
     if ax is None:
         xs, ys = [b[0] for b in boxes.values()], [b[1] for b in boxes.values()]
-        _, ax = plt.subplots(figsize=(1.0 + 0.9 * (max(xs) - min(xs) + width), 0.6 + 0.9 * (max(ys) - min(ys) + height)))
+        size = (1.0 + 0.9 * (max(xs) - min(xs) + width), 0.6 + 0.9 * (max(ys) - min(ys) + height))
+        _, ax = plt.subplots(figsize=size)
     colors = colors or {}
     for name, (x, y, text) in boxes.items():
         ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.05",

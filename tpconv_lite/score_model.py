@@ -442,7 +442,7 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         return model.eval()
 
     def _check_input(self, data: ChainBatch) -> Tensor:
-        """Raise ValueError/TypeError naming the field when ``data`` does not fit; return score_norm per residue (N,)."""
+        """Raise ValueError/TypeError naming the field when ``data`` does not fit; return the (N,) score_norm."""
         try:
             resi = data["resi"]
         except (KeyError, TypeError) as error:
@@ -493,8 +493,9 @@ class ResiLevelTensorProductScoreModel(nn.Module):
             raise ValueError("data['resi'].pos contains NaN or infinite coordinates")
         score_norm = getattr(data, "score_norm", None)
         n_graphs = (int(batch.max()) + 1 if n else 0) if batch is not None else 1
-        if isinstance(score_norm, (int, float)) or (not isinstance(score_norm, Tensor) and hasattr(score_norm, "dtype")):
-            score_norm = torch.as_tensor(score_norm)  # a Python or numpy number (EigenFold's single chain)
+        is_number = isinstance(score_norm, (int, float)) or hasattr(score_norm, "dtype")  # Python or numpy numbers
+        if is_number and not isinstance(score_norm, Tensor):
+            score_norm = torch.as_tensor(score_norm)  # EigenFold's single chain gives a numpy float64
         if not isinstance(score_norm, Tensor) or score_norm.dim() > 1 or (
             score_norm.dim() == 1 and score_norm.shape[0] < n_graphs
         ):

@@ -92,7 +92,8 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # By the end of this chapter you can
 # 1. compute equivariant attention by hand: queries per node, keys and values per edge from tensor products with the
 #    spherical harmonics, a learned dot product to a scalar, a softmax over the incoming edges, a weighted sum;
-# 2. use `tpconv_lite.graph.edge_softmax` and `tpconv_lite.attention.EquivariantAttention`, and check them against the steps;
+# 2. use `tpconv_lite.graph.edge_softmax` and `tpconv_lite.attention.EquivariantAttention`, and check them against
+#    the steps;
 # 3. explain, and measure, why the values are weighted by $\sqrt{\alpha_{ij}}$ rather than $\alpha_{ij}$;
 # 4. show that the output is continuous when a point crosses the cutoff, and what breaks it;
 # 5. say why the softmax subtracts its largest score, and why a node without neighbours must give zeros, not NaN;

@@ -631,9 +631,9 @@ class FusedTensorProduct(nn.Module):
 
 
 # %% [markdown]
-# (`_matrix_basis_on`, defined above, is the cached `_matrix_basis` on the input's device and dtype; `TRUNCATED_NORMAL_STD` is the
-# standard deviation of a standard normal truncated to $(-2, 2)$, as in e3x's initialiser.) Built from the same
-# seed, the chapter's class and the package's have the same weights and give the same output, in both layouts:
+# (`_matrix_basis_on`, defined above, is the cached `_matrix_basis` on the input's device and dtype;
+# `TRUNCATED_NORMAL_STD` is the standard deviation of a standard normal truncated to $(-2, 2)$, as in e3x's
+# initialiser.) Built from the same seed, the chapter's class and the package's have the same weights and give the same output, in both layouts:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -969,7 +969,8 @@ try:
         with torch.no_grad():
             forward = {name: functools.partial(tp, x, y) for name, tp in modules.items()}
             timed = bench.time_side_by_side(forward, 1, repeats, cpu)
-        steps = {name: functools.partial(bench.forward_backward, tp, [x, y], projection) for name, tp in modules.items()}
+        steps = {name: functools.partial(bench.forward_backward, tp, [x, y], projection)
+                 for name, tp in modules.items()}
         timed_steps = bench.time_side_by_side(steps, 1, repeats, cpu)
         for name in modules:
             times[f"{name} fwd"][max_degree] = timed[name]["min"]

@@ -756,8 +756,8 @@ from tpconv_lite import TensorProductConvLayer
 # A model trained with EigenFold's code saves a `state_dict` whose keys are the attribute names of its layers. The
 # package's layer registers the same e3nn modules under the same names, so it loads such a file as it is. To check,
 # here is the original layer, written out with its structure and names. The package keeps this transcription as
-# `tpconv_lite.reference.ReferenceLayer`, the contender that chapter 10's benchmark times ours against. The only changes:
-# the scatters go through `tpconv_lite.graph.scatter` (torch_scatter's, as in the original, when it is installed),
+# `tpconv_lite.reference.ReferenceLayer`, the contender that chapter 10's benchmark times ours against. The only
+# changes: the scatters go through `tpconv_lite.graph.scatter` (torch_scatter's, as in the original, when it is installed),
 # and the checkpoint names `use_reentrant=True`, the default of the torch versions the original was written for:
 
 # %%
