@@ -35,8 +35,8 @@ to ``data.pred`` and ``data['resi'].pred`` (EigenFold's ``loss_func`` reads ``da
 Differences from EigenFold, all deliberate: only ``pred`` is written to ``data`` (EigenFold also stores ``x`` and
 ``edge_attr``); a (B,) ``score_norm`` is mapped to residues through ``batch`` (EigenFold's ``score_norm[:, None]``
 only broadcasts for batches of one chain); the spherical harmonics keep the input dtype (EigenFold casts to
-float32) and a zero-length edge gets finite gradients (:func:`~tpconv_lite.graph.edge_geometry`); ``dropout``
-reaches the conv layers (EigenFold has no such option).
+float32) and a zero-length edge gets finite gradients (:func:`~tpconv_lite.graph.edge_geometry`, and a square root
+of the length whose gradient is 0 at 0); ``dropout`` reaches the conv layers (EigenFold has no such option).
 """
 
 from __future__ import annotations
@@ -343,8 +343,15 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         )
 
     def embed_length(self, length: Tensor) -> Tensor:
-        """Embed edge lengths (E,) as (E, radius_emb_dim): Gaussians or sinusoids on ``sqrt(length)`` by default."""
-        r = length if self.args.no_radius_sqrt else length.sqrt()
+        """Embed edge lengths (E,) as (E, radius_emb_dim): Gaussians or sinusoids on ``sqrt(length)`` by default.
+
+        The square root is taken with a gradient of 0 instead of infinity at a zero length (the same values).
+        """
+        if self.args.no_radius_sqrt:
+            r = length
+        else:
+            positive = length > 0
+            r = torch.where(positive, torch.where(positive, length, 1.0).sqrt(), 0.0)
         if self.args.radius_emb_type == "gaussian":
             return self.distance_expansion(r)
         return sinusoidal_embedding(10000 * r / self.radius_max, self.args.radius_emb_dim)
