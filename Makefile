@@ -31,7 +31,7 @@ book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors
 	@echo "The book is at $(abspath _build/html/index.html)"
 
 test: $(STAMP) browser  ## unit tests, notebook checks, nbval over every chapter, the book build
-	@$(BIN)/python -m pytest tests tutorials $(NBVAL); status=$$?; \
+	@$(BIN)/python -m pytest tests tutorials tpconv_lite --doctest-modules --ignore-glob="tutorials/*.py" $(NBVAL); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; exit $$status
 
 test-slow: $(STAMP)  ## the long checks marked slow (training runs, the torchrun restart test)

@@ -10,7 +10,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from tpconv_lite.bench import ReferenceLayer  # EigenFold's layer, transcribed with its quirks
+from tpconv_lite.reference import ReferenceLayer  # EigenFold's layer, transcribed with its quirks
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.testing import check_equivariance
 

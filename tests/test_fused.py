@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 from e3nn import o3
 
+import tpconv_lite
 from tpconv_lite.fused import (
     FusedTensorProduct,
     e3x_irreps,
@@ -247,3 +249,26 @@ def test_initialisation_keeps_unit_variance(p1, p2, l1, l2):
         with torch.no_grad():
             mean_squares.append(tp(x, y).pow(2).mean())
     assert 0.7 < torch.stack(mean_squares).mean() < 1.4  # over 20 seeds the means stay within 0.78..1.22
+
+
+def test_same_output_as_the_shipped_e3x_reference():
+    """tpconv_lite/assets/e3x_fused.npz holds e3x FusedTensor outputs (tests/make_e3x_reference.py wrote it)."""
+    import numpy as np
+
+    reference = np.load(Path(tpconv_lite.__file__).parent / "assets" / "e3x_fused.npz")
+    cases = reference["cases"].tolist()
+    assert len(cases) == 3 and any(case[3] == 5 for case in cases)
+    for i, (p1, p2, l1, l2, l3, pseudo) in enumerate(cases):
+        tp = FusedTensorProduct(4, l1, l2, l3, p1, p2, bool(pseudo)).double()
+        names = {name for name, _ in tp.named_parameters()}
+        stored = {key.split("__kernel__")[1] for key in reference.files if key.startswith(f"case{i}__kernel__")}
+        assert names == stored
+        with torch.no_grad():
+            for name, parameter in tp.named_parameters():
+                kernel = torch.from_numpy(reference[f"case{i}__kernel__{name}"])
+                assert torch.equal(parameter == 0, kernel == 0), f"{name}: zero pattern"  # the same masked paths
+                parameter.copy_(kernel)
+            ours = tp(torch.from_numpy(reference[f"case{i}__x"]), torch.from_numpy(reference[f"case{i}__y"]))
+        expected = torch.from_numpy(reference[f"case{i}__output"])
+        assert ours.shape == expected.shape
+        assert (ours - expected).abs().max() < 1e-12 * expected.abs().max(), i

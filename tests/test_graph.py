@@ -242,3 +242,21 @@ def test_scatter_empty_index() -> None:
 def test_scatter_bad_input(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_edge_geometry_keeps_gradients_finite_at_a_zero_length_edge():
+    from e3nn import o3
+
+    from tpconv_lite.graph import edge_geometry
+
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 2.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    edge_index = torch.tensor([[1, 2, 0], [0, 0, 2]])
+    vec, length, sh = edge_geometry(pos, edge_index, 2)
+    assert torch.equal(vec, pos[edge_index[0]] - pos[edge_index[1]]) and length[0] == 0 and length[1] == 3
+    torch.testing.assert_close(sh[0], torch.tensor([1.0] + [0.0] * 8, dtype=torch.float64))  # only l = 0 survives
+    expected = o3.spherical_harmonics([0, 1, 2], vec[1:], normalize=True, normalization="component")
+    torch.testing.assert_close(sh[1:], expected, rtol=1e-14, atol=1e-14)
+    (grad,) = torch.autograd.grad(sh.square().sum() + length.sum(), pos, retain_graph=True)
+    assert torch.isfinite(grad).all() and grad.abs().max() < 10
+    (unguarded,) = torch.autograd.grad(o3.spherical_harmonics([0, 1, 2], vec[:1], True, "component").sum(), pos)
+    assert unguarded.abs().max() > 1e6  # what the guard avoids

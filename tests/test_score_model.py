@@ -249,9 +249,11 @@ def test_bad_data_raises_clear_errors():
         (_with(data, node_t=torch.zeros(n).double()), ValueError, "node_t must be positive and finite"),
         (_with(data, batch=data.resi.batch.float()), TypeError, "batch must be a long tensor"),
         (_with(data, edge_index=data.resi.edge_index + n), ValueError, r"edge_index must hold node indices in \[0, 14"),
-        (_with(data, pos=data.resi.pos.float()), TypeError, "pos is torch.float32 but the model is torch.float64"),
+        (_with(data, node_attr=data.resi.node_attr.float()), TypeError, "node_attr is torch.float32 but the model is"),
+        (_with(data, pos=data.resi.pos.long()), TypeError, "pos must be a floating point tensor"),
         (_with(data, pos=data.resi.pos * math.nan), ValueError, "pos contains NaN"),
-        (_with(data, score_norm=torch.ones(1).double()), ValueError, r"score_norm must be a tensor of shape \(B,\)"),
+        (_with(data, score_norm=torch.ones(1).double()), ValueError, r"or a tensor of shape \(B,\) with B >= 2 chains"),
+        (_with(data, score_norm=torch.ones(2, 1).double()), ValueError, "score_norm must be a number"),
         (_with(data, edge_attr_=None), ValueError, r"edge_attr_ must be a tensor of shape \(E, 2 \* lm_edge_dim=4\)"),
         (object(), TypeError, r"data must give data\['resi'\]"),
     ]  # fmt: skip
@@ -281,3 +283,119 @@ def test_chain_batch_from_chains():
         ChainBatch.from_chains(pos, node_attr[:1], pair, torch.ones(2), torch.ones(2))
     with pytest.raises(ValueError, match=r"chain 1: need pos \(n, 3\)"):
         ChainBatch.from_chains(pos, [node_attr[0], torch.ones(3, 1)], pair, torch.ones(2), torch.ones(2))
+
+
+# --- a drop-in for EigenFold's code -------------------------------------------------------------------------------
+
+
+class EigenFoldLikeData:
+    """What EigenFold's ForwardDiffusionKernel leaves for one chain, written by hand: data['resi'] holds the residue
+    fields, data.score_norm is a numpy float64, pos is float64 (from numpy) next to float32 features, and no batch."""
+
+    def __init__(self, resi: dict, score_norm) -> None:
+        self._resi = Namespace(**resi)
+        self.score_norm = score_norm
+
+    def __getitem__(self, key: str) -> Namespace:
+        return {"resi": self._resi}[key]
+
+
+def eigenfold_single_chain(n: int, config: ScoreModelConfig, t: float, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pos = np.cumsum(rng.normal(size=(n, 3)), axis=0) * 2.0  # float64, as sde.sample returns it
+    pair = torch.from_numpy(rng.normal(size=(n, n, config.lm_edge_dim))).float()
+    src, dst = torch.where(~torch.eye(n, dtype=torch.bool))
+    resi = dict(
+        pos=torch.from_numpy(pos),
+        node_attr=torch.from_numpy(rng.normal(size=(n, config.lm_node_dim))).float(),
+        edge_index=torch.stack([src, dst]),
+        edge_attr_=torch.cat([pair[src, dst], pair[dst, src]], dim=-1),
+        node_t=torch.ones(n) * t,
+    )
+    return EigenFoldLikeData(resi, np.float64(0.37)), pair
+
+
+def test_forward_takes_eigenfolds_single_chain_data_and_sets_pred():
+    model = small_model().eval()
+    config = model.args
+    data, pair = eigenfold_single_chain(9, config, t=0.3)
+    resi = data["resi"]
+    assert resi.pos.dtype == torch.float64 and not hasattr(resi, "batch")
+    with torch.no_grad():
+        out = model(data)
+        ours = ChainBatch.from_chains([resi.pos.float()], [resi.node_attr], [pair], node_t=torch.tensor([0.3]),
+                                      score_norm=torch.tensor([0.37]))  # fmt: skip
+        expected = model(ours)
+    assert out.shape == (9, 3) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+    assert data.pred is out and resi.pred is out  # as EigenFold's forward, which loss_func reads
+    assert ours.pred is expected and ours.resi.pred is expected
+    for score_norm in (0.37, torch.tensor(0.37), torch.tensor([0.37])):  # a number, a 0-d and a (B,) tensor
+        data.score_norm = score_norm
+        with torch.no_grad():
+            torch.testing.assert_close(model(data), out, rtol=0, atol=0)
+    data.score_norm = torch.tensor([0.37, 1.0])  # more chains than the data has is fine, as for a (B,) batch
+    with torch.no_grad():
+        torch.testing.assert_close(model(data), out, rtol=0, atol=0)
+
+
+def eigenfold_checkpoint(model: ResiLevelTensorProductScoreModel) -> dict:
+    """A checkpoint as EigenFold's train.py saves it: the model wrapped as ScoreModel.enn, optimizer and epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    model(small_batch(dtype=torch.float32)).pow(2).sum().backward()
+    optimizer.step()
+    return {
+        "model": {f"enn.{key}": value for key, value in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None,
+        "epoch": 7,
+        "best_val_loss": 1.23,
+        "best_epoch": 6,
+    }
+
+
+def test_from_eigenfold_loads_a_checkpoint_file_and_args_yaml(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    model = small_model(seed=3).train()
+    checkpoint = eigenfold_checkpoint(model)
+    torch.save(checkpoint, tmp_path / "epoch_7.pt")
+    args = {f.name: getattr(model.args, f.name) for f in dataclasses.fields(model.args) if f.name != "dropout"}
+    args.update(lr=3e-4, splits="splits/limit256.csv", wandb="harmonic-resi", train_cutoff=5)  # not the model's
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(args))
+
+    loaded = ResiLevelTensorProductScoreModel.from_eigenfold(tmp_path / "epoch_7.pt", str(tmp_path / "args.yaml"))
+    assert not loaded.training and loaded.args == model.args
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    data, _ = eigenfold_single_chain(8, model.args, t=1.5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(data), model.eval()(data), rtol=0, atol=0)
+
+
+def test_from_eigenfold_takes_dicts_and_namespaces_and_rejects_other_things():
+    model = small_model(seed=4)
+    checkpoint = eigenfold_checkpoint(model)
+    args = {f.name: getattr(model.args, f.name) for f in dataclasses.fields(model.args)}
+    for ckpt, arguments in [(checkpoint, args), (checkpoint["model"], Namespace(**args)), (model.state_dict(), args)]:
+        loaded = ResiLevelTensorProductScoreModel.from_eigenfold(ckpt, arguments)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="checkpoint must be EigenFold's"):
+        ResiLevelTensorProductScoreModel.from_eigenfold({"optimizer": {}, "epoch": 7}, args)
+    with pytest.raises(RuntimeError, match="Missing key"):  # strict: a checkpoint of another architecture
+        ResiLevelTensorProductScoreModel.from_eigenfold(checkpoint, {**args, "resi_conv_layers": 4})
+    with pytest.raises(ValueError, match="lacks the score model hyperparameters"):
+        ResiLevelTensorProductScoreModel.from_eigenfold(checkpoint, {"resi_ns": 8})
+
+
+def test_two_residues_at_the_same_place_give_finite_gradients():
+    """The edge geometry is guarded (tpconv_lite.graph.edge_geometry): no 1e12 gradients at a zero-length edge."""
+    model = small_model().double().eval()
+    data = small_batch()
+    pos = data.resi.pos.clone()
+    pos[1] = pos[0]
+    pos.requires_grad_(True)
+    out = model(_with(data, pos=pos))
+    (grad,) = torch.autograd.grad(out.square().sum(), pos)
+    assert torch.isfinite(grad).all() and grad.abs().max() < 1e6

@@ -96,3 +96,22 @@ def test_an_irreps_object_labels_one_output() -> None:
     x = torch.randn(4, 3, dtype=torch.float64)
     report = check_equivariance(lambda v: torch.cat([v, 2 * v], dim=1), [x], [o3.Irreps("1o")], o3.Irreps("2x1o"))
     assert report.ok and report.names == ["2x1o"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_sign_flip_of_a_small_irrep_block_fails_on_its_own_scale(dtype: torch.dtype) -> None:
+    """A 0o block of size 7e-5 next to a 1o of size 1: flipping its sign must fail, as the block is judged alone."""
+
+    def vector_and_small_pseudoscalar(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, flip: bool) -> torch.Tensor:
+        pseudo = 7e-5 * torch.linalg.det(torch.stack([a, b, c], dim=-2))[:, None]  # (a x b) . c is a 0o
+        return torch.cat([a, pseudo.abs() if flip else pseudo], dim=-1)
+
+    vectors = [torch.randn(8, 3, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    kinds = ["1o", "1o", "1o"]
+    good = check_equivariance(lambda *v: vector_and_small_pseudoscalar(*v, False), vectors, kinds, "1o + 0o",
+                              dtype=dtype)  # fmt: skip
+    assert good.ok, good.details()
+    flipped = check_equivariance(lambda *v: vector_and_small_pseudoscalar(*v, True), vectors, kinds, "1o + 0o",
+                                 dtype=dtype)  # fmt: skip
+    assert not flipped.ok and flipped.blocks == ["1x0o"], flipped.details()
+    assert str(flipped) == "1x1o+1x0o: equivariant: False"

@@ -3,7 +3,7 @@
 Only public names are re-exported here; each lives in a module that holds one idea.
 """
 
-from tpconv_lite.attention import EquivariantAttention, edge_softmax
+from tpconv_lite.attention import EquivariantAttention
 from tpconv_lite.conditioning import LM_EDGE_DIM, LM_NODE_DIM, chain_conditioning
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.convolution import PointConvolution
@@ -20,7 +20,7 @@ from tpconv_lite.diffusion import (
 )
 from tpconv_lite.embeddings import GaussianFourierProjection, get_timestep_embedding, sinusoidal_embedding
 from tpconv_lite.fused import FusedTensorProduct, e3x_irreps, e3x_to_irreps, irreps_to_e3x
-from tpconv_lite.graph import knn_graph, radius_graph, scatter
+from tpconv_lite.graph import edge_geometry, edge_softmax, knn_graph, radius_graph, scatter
 from tpconv_lite.harmonic import (
     EntropySchedule,
     ForwardDiffusionKernel,
@@ -45,7 +45,8 @@ from tpconv_lite.metrics import (
 from tpconv_lite.proteins import Chain, build_dataset, load_chain, load_dataset, write_pdb
 from tpconv_lite.radial import GaussianSmearing, RadialMLP, cosine_basis
 from tpconv_lite.score_model import ChainBatch, ResidueGraph, ResiLevelTensorProductScoreModel, ScoreModelConfig
-from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance, random_o3
+from tpconv_lite.rotations import random_o3
+from tpconv_lite.testing import EquivarianceReport, assert_equivariant, check_equivariance
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "cosine_basis",
     "e3x_irreps",
     "e3x_to_irreps",
+    "edge_geometry",
     "edge_softmax",
     "EntropySchedule",
     "EquivarianceReport",

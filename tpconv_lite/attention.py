@@ -7,8 +7,9 @@ Each target node ``i`` mixes the values ``v_ij`` of its incoming edges with weig
 where ``q_i`` is the query of the target, ``k_ij`` the key of the edge and ``w_ij`` an optional cutoff weight that
 goes smoothly to zero at the cutoff radius, so an edge fades out instead of vanishing abruptly.
 
-- :func:`edge_softmax` is the softmax over the incoming edges of every node, computed stably: the largest logit of
-  each node is subtracted before exponentiating, so logits of 1000 give the same weights as logits of 0.
+- :func:`~tpconv_lite.graph.edge_softmax` (in :mod:`tpconv_lite.graph`, next to ``scatter``) is the softmax over
+  the incoming edges of every node, computed stably: the largest logit of each node is subtracted before
+  exponentiating, so logits of 1000 give the same weights as logits of 0.
 - :class:`EquivariantAttention` is the full layer of e3nn's transformer guide: queries from the node features, keys
   and values from tensor products of the source features with the spherical harmonics of the edge, a learned dot
   product, and an output ``sum_j sqrt(alpha_ij) v_ij``.
@@ -24,52 +25,7 @@ from e3nn.math import soft_one_hot_linspace, soft_unit_step
 from e3nn.nn import FullyConnectedNet
 from torch import Tensor, nn
 
-from tpconv_lite.graph import scatter
-
-
-def edge_softmax(logits: Tensor, index: Tensor, num_nodes: int, weight: Tensor | None = None) -> Tensor:
-    """Softmax of the edge logits over the incoming edges of each target node.
-
-    The largest logit of each target is subtracted first (a constant shift, which leaves the softmax unchanged), so
-    every exponential is at most 1 and nothing overflows. Only edges with a positive ``weight`` count for that
-    maximum: a cut-off edge with a large logit would otherwise push the live exponentials into underflow. The shift
-    is detached: its gradient is zero anyway.
-
-    Args:
-        logits: (E, ...) one score (or one per head, channel, ...) per edge.
-        index: (E,) long target node of each edge (``edge_index[1]``).
-        num_nodes: number of target nodes, > ``index.max()``. Nodes with no incoming edge simply get no weight.
-        weight: optional (E,) non-negative factor multiplying each exponential, e.g. a smooth cutoff of the edge
-            length. A node whose exponentials are all zero gets zero weights (not 0 / 0).
-
-    Returns:
-        (E, ...) weights ``alpha``, summing to 1 over the incoming edges of each target (where ``weight`` leaves
-        at least one non-zero exponential).
-
-    Example:
-        >>> edge_softmax(torch.tensor([0.0, 0.0, 1000.0]), torch.tensor([0, 0, 2]), num_nodes=3)
-        tensor([0.5000, 0.5000, 1.0000])
-    """
-    if logits.dim() == 0 or logits.shape[0] != index.shape[0]:
-        raise ValueError(
-            f"logits must have one row per edge: expected shape ({index.shape[0]}, ...) to match index, "
-            f"got {tuple(logits.shape)}"
-        )
-    live = logits.detach()
-    if weight is not None:
-        if weight.shape != (logits.shape[0],):
-            raise ValueError(f"weight must have shape ({logits.shape[0]},), one per edge, got {tuple(weight.shape)}")
-        weight = weight.view(-1, *[1] * (logits.dim() - 1))
-        live = live.masked_fill(weight <= 0, float("-inf"))  # a cut-off edge must not set the shift
-    largest = scatter(live, index, dim=0, dim_size=num_nodes, reduce="max")
-    largest = torch.where(torch.isfinite(largest), largest, torch.zeros_like(largest))  # every edge cut off
-    shifted = logits - largest[index]
-    if weight is not None:  # cut-off edges: exp(0) * 0 = 0, never exp(large) * 0 = inf * 0
-        shifted = shifted.masked_fill(weight <= 0, 0.0)
-    exp = shifted.exp() if weight is None else shifted.exp() * weight
-    total = scatter(exp, index, dim=0, dim_size=num_nodes)
-    total = torch.where(total > 0, total, torch.ones_like(total))  # all exponentials cut off: 0 / 1, not 0 / 0
-    return exp / total[index]
+from tpconv_lite.graph import edge_geometry, edge_softmax, scatter
 
 
 def _sqrt_or_zero(x: Tensor) -> Tensor:
@@ -164,14 +120,30 @@ class EquivariantAttention(nn.Module):
             raise ValueError(
                 f"edge_index must be a (2, E) long tensor, got {edge_index.dtype} of shape {tuple(edge_index.shape)}"
             )
+        alpha, v = self.weights_and_values(features, pos, edge_index)
+        return scatter(_sqrt_or_zero(alpha) * v, edge_index[1], dim=0, dim_size=n)
+
+    def weights_and_values(
+        self, features: Tensor, pos: Tensor, edge_index: Tensor, cutoff_weight: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The attention weights and the values of every edge, before the weighted sum that ends ``forward``.
+
+        Args:
+            features, pos, edge_index: as in ``forward`` (not checked again here).
+            cutoff_weight: multiply each exponential by the smooth cutoff; False leaves it out (an experiment of
+                chapter 6: the output then jumps when a point crosses ``max_radius``).
+
+        Returns:
+            ``alpha`` (E, 1), summing to 1 over the incoming edges of each target, and the values
+            ``v`` (E, irreps_output.dim).
+        """
         edge_src, edge_dst = edge_index
         edge_length_embedded, edge_weight_cutoff, edge_sh = self.edge_inputs(pos, edge_index)
-
-        q = self.h_q(features)
         k = self.tp_k(features[edge_src], edge_sh, self.fc_k(edge_length_embedded))
         v = self.tp_v(features[edge_src], edge_sh, self.fc_v(edge_length_embedded))
-        alpha = edge_softmax(self.dot(q[edge_dst], k), edge_dst, n, weight=edge_weight_cutoff)
-        return scatter(_sqrt_or_zero(alpha) * v, edge_dst, dim=0, dim_size=n)
+        weight = edge_weight_cutoff if cutoff_weight else None
+        alpha = edge_softmax(self.dot(self.h_q(features)[edge_dst], k), edge_dst, features.shape[0], weight=weight)
+        return alpha, v
 
     def edge_inputs(self, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """What the layer computes from the geometry of each edge ``j -> i``, with ``r_ij = pos[j] - pos[i]``.
@@ -179,14 +151,12 @@ class EquivariantAttention(nn.Module):
         Returns:
             ``edge_length_embedded`` (E, number_of_basis), the smooth radial basis of ``|r_ij|`` scaled by
             ``sqrt(number_of_basis)``; ``edge_weight_cutoff`` (E,), which falls smoothly to 0 at ``max_radius``; and
-            ``edge_sh`` (E, irreps_sh.dim), the spherical harmonics of ``r_ij``.
+            ``edge_sh`` (E, irreps_sh.dim), the spherical harmonics of ``r_ij`` (from
+            :func:`~tpconv_lite.graph.edge_geometry`, which keeps the gradient finite at a zero-length edge).
         """
-        edge_src, edge_dst = edge_index
-        edge_vec = pos[edge_src] - pos[edge_dst]
-        edge_length = edge_vec.norm(dim=1)
+        _, edge_length, edge_sh = edge_geometry(pos, edge_index, self.irreps_sh)
         edge_length_embedded = soft_one_hot_linspace(
             edge_length, 0.0, self.max_radius, self.number_of_basis, basis="smooth_finite", cutoff=True
         ).mul(math.sqrt(self.number_of_basis))
         edge_weight_cutoff = soft_unit_step(10 * (1 - edge_length / self.max_radius))
-        edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
         return edge_length_embedded, edge_weight_cutoff, edge_sh

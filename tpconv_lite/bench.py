@@ -3,10 +3,10 @@
 Four sections, each a function that returns plain data (dicts, lists, floats) so that a notebook can plot it;
 :func:`run_benchmarks` runs them all and :func:`format_report` prints them:
 
-1. :func:`bench_conv_layer`: EigenFold's convolution layer as the original writes it (:class:`ReferenceLayer`: e3nn's
-   tensor products and torch_scatter) against :class:`~tpconv_lite.conv_layer.TensorProductConvLayer` loaded with
-   the same ``state_dict``, on the score model's default layer and dense residue graphs (every ordered pair of
-   residues is an edge). Forward alone is timed as inference (eval mode, no autograd); forward + backward with
+1. :func:`bench_conv_layer`: EigenFold's convolution layer as the original writes it
+   (:class:`~tpconv_lite.reference.ReferenceLayer`: e3nn's tensor products and torch_scatter) against
+   :class:`~tpconv_lite.conv_layer.TensorProductConvLayer` loaded with the same ``state_dict``, on the score
+   model's default layer and dense residue graphs (every ordered pair of residues is an edge). Forward alone is timed as inference (eval mode, no autograd); forward + backward with
    checkpointing (train mode: the original always checkpoints in training) and without (eval mode). Next to each
    timing: the largest relative difference of the outputs and of the gradients, ``max |ours - ref| / max |ref|``.
 2. :func:`bench_fused`: e3x's fused tensor product (:class:`~tpconv_lite.fused.FusedTensorProduct`) against the
@@ -20,8 +20,10 @@ Four sections, each a function that returns plain data (dicts, lists, floats) so
    ``torch.profiler``, replayed in order).
 
 Timing: in each case the contenders run alternately in one process, after warm-up runs, and each reports the
-median, min and max of its repeats (wall clock; CUDA is synchronised). The machine's load matters on a shared
-computer: the report includes the load average and the number of threads.
+median, min and max of its repeats (wall clock; CUDA is synchronised). The measuring tools are public, and the
+chapters use them rather than writing their own: :func:`time_side_by_side` (the book's one timer),
+:func:`memory_use` (its one memory meter) and :func:`forward_backward` (the training step they measure). The
+machine's load matters on a shared computer: the report includes the load average and the number of threads.
 """
 
 from __future__ import annotations
@@ -39,9 +41,7 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 
 import torch
-import torch.nn.functional as F
 from e3nn import o3
-from e3nn.nn import BatchNorm
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -49,7 +49,8 @@ import tpconv_lite
 from tpconv_lite import graph
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.fused import FusedTensorProduct, e3x_irreps, e3x_to_irreps
-from tpconv_lite.graph import radius_graph, scatter
+from tpconv_lite.graph import edge_geometry, radius_graph, scatter
+from tpconv_lite.reference import ReferenceLayer
 
 # The score model's default layer (EigenFold's defaults: ns = 32, nv = 4, ntps = 16, ntpv = 4, fc_dim = 128,
 # sh_lmax = 2); from the fourth layer on, the irreps no longer grow.
@@ -62,96 +63,6 @@ DEFAULT_LAYER = dict(
     n_edge_features=96,
     fc_dim=128,
 )
-
-
-class ReferenceLayer(nn.Module):
-    """EigenFold's TensorProductConvLayer (``model/resi_score_model.py``), transcribed with its quirks.
-
-    The scatter is torch_scatter's, as in the original, called through ``tpconv_lite.graph.scatter`` (its pure-torch
-    twin when torch_scatter is missing); the checkpoint names ``use_reentrant=True``, the default of the torch
-    versions the original was written for.
-    """
-
-    def __init__(
-        self,
-        in_irreps,
-        in_tp_irreps,
-        out_tp_irreps,
-        sh_irreps,
-        out_irreps,
-        n_edge_features,
-        batch_norm=False,
-        dropout=0.0,
-        node_feature_dim=4,
-        fc_dim=32,
-        lin_self=False,
-        attention=False,
-    ):
-        super().__init__()
-
-        def mlp(n_out):
-            return nn.Sequential(
-                nn.Linear(n_edge_features, fc_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(fc_dim, fc_dim),
-                nn.ReLU(), nn.Dropout(dropout), nn.Linear(fc_dim, n_out),
-            )  # fmt: skip
-
-        self.nf = node_feature_dim
-        self.lin_in = o3.Linear(in_irreps, in_tp_irreps, internal_weights=True)
-        self.tp = tp = o3.FullyConnectedTensorProduct(in_tp_irreps, sh_irreps, out_tp_irreps, shared_weights=False)
-        self.lin_out = o3.Linear(out_tp_irreps, out_irreps, internal_weights=True)
-        self.lin_self = o3.Linear(in_irreps, out_irreps, internal_weights=True) if lin_self else False
-        self.attention = attention
-        if attention:
-            key_irreps = [(mul // 2, ir) for mul, ir in o3.Irreps(in_tp_irreps)]
-            self.h_q = o3.Linear(in_tp_irreps, key_irreps)
-            self.tp_k = tp_k = o3.FullyConnectedTensorProduct(in_tp_irreps, sh_irreps, key_irreps, shared_weights=False)
-            self.fc_k = self.fc = mlp(tp_k.weight_numel)
-            self.dot = o3.FullyConnectedTensorProduct(key_irreps, key_irreps, "0e")
-        self.fc = mlp(tp.weight_numel)
-        self.batch_norm = BatchNorm(out_irreps) if batch_norm else None
-
-    def forward(
-        self, node_attr, edge_index, edge_attr, edge_sh, ones=None, residual=True, out_nodes=None, reduce="mean"
-    ):
-        backend = "torch" if graph.torch_scatter is None else "pyg"
-        node_attr_in = self.lin_in(node_attr)
-        edge_src, edge_dst = edge_index
-        out_nodes = out_nodes or node_attr.shape[0]
-        if self.attention:
-
-            def ckpt_forward(node_attr_in, edge_src, edge_dst, edge_sh, edge_attr):
-                q = self.h_q(node_attr_in)
-                k = self.tp_k(node_attr_in[edge_src], edge_sh, self.fc_k(edge_attr))
-                v = self.tp(node_attr_in[edge_src], edge_sh, self.fc(edge_attr))
-                a = self.dot(q[edge_dst], k)
-                max_ = scatter(a, edge_dst, dim=0, dim_size=out_nodes, reduce="max", backend=backend)
-                a = (a - max_[edge_dst]).exp()
-                z = scatter(a, edge_dst, dim=0, dim_size=out_nodes, backend=backend)
-                a = a / z[edge_dst]
-                return scatter(a * v, edge_dst, dim=0, dim_size=out_nodes, backend=backend)
-
-        else:
-
-            def ckpt_forward(node_attr_in, edge_src, edge_dst, edge_sh, edge_attr):
-                tp = self.tp(node_attr_in[edge_src], edge_sh, self.fc(edge_attr))
-                return scatter(tp, edge_dst, dim=0, dim_size=out_nodes, reduce=reduce, backend=backend)
-
-        if self.training:
-            out = torch.utils.checkpoint.checkpoint(
-                ckpt_forward, node_attr_in, edge_src, edge_dst, edge_sh, edge_attr, use_reentrant=True
-            )
-        else:
-            out = ckpt_forward(node_attr_in, edge_src, edge_dst, edge_sh, edge_attr)
-        out = self.lin_out(out)
-        if not residual:
-            return out
-        if self.lin_self:
-            out = out + self.lin_self(node_attr)
-        else:
-            out = out + F.pad(node_attr, (0, out.shape[-1] - node_attr.shape[-1]))
-        if self.batch_norm:
-            out = self.batch_norm(out)
-        return out
 
 
 @dataclass(frozen=True)
@@ -218,7 +129,21 @@ def _stats(seconds: Sequence[float]) -> dict:
 def time_side_by_side(
     contenders: dict[str, Callable[[], object]], warmup: int, repeats: int, device: torch.device
 ) -> dict[str, dict]:
-    """Run the contenders alternately (the order flips every round); return each one's :func:`_stats` in seconds."""
+    """Run the contenders alternately (the order flips every round); the wall-clock seconds of each, in statistics.
+
+    Args:
+        contenders: name -> a function of no arguments, the work to time.
+        warmup: untimed runs of each contender first.
+        repeats: timed runs of each (>= 1).
+        device: CUDA work is synchronised before and after each run.
+
+    Returns:
+        name -> ``{"median", "min", "max", "runs"}``, seconds.
+
+    Example:
+        >>> timings = time_side_by_side({"sum": lambda: torch.ones(100).sum()}, 1, 3, torch.device("cpu"))
+        >>> sorted(timings["sum"]), timings["sum"]["runs"]
+        (['max', 'median', 'min', 'runs'], 3)"""
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
@@ -269,8 +194,7 @@ def dense_residue_graph(
     pos = (3.8 * steps / steps.norm(dim=1, keepdim=True)).cumsum(0)
     src, dst = torch.meshgrid(torch.arange(n_nodes), torch.arange(n_nodes), indexing="ij")
     edge_index = torch.stack([src[src != dst], dst[src != dst]])
-    sh_irreps = o3.Irreps(DEFAULT_LAYER["sh_irreps"])
-    edge_sh = o3.spherical_harmonics(sh_irreps, pos[edge_index[0]] - pos[edge_index[1]], True, "component")
+    _, _, edge_sh = edge_geometry(pos, edge_index, DEFAULT_LAYER["sh_irreps"])
     node_attr = torch.randn(n_nodes, o3.Irreps(DEFAULT_LAYER["in_irreps"]).dim, generator=generator)
     edge_attr = torch.randn(edge_index.shape[1], DEFAULT_LAYER["n_edge_features"], generator=generator)
     return [
@@ -291,8 +215,12 @@ def default_layers(
     return reference, ours
 
 
-def _forward_backward(layer: nn.Module, inputs: list[Tensor], projection: Tensor) -> list[Tensor]:
+def forward_backward(layer: nn.Module, inputs: list[Tensor], projection: Tensor) -> list[Tensor]:
     """Forward, then backward of ``(out * projection).sum()``: the output and the gradients of inputs and parameters.
+
+    The one training step the book times and measures (chapters 8 and 10, :func:`bench_conv_layer`,
+    :func:`bench_memory`); ``projection`` (a fixed random tensor shaped like the output) makes the gradients those
+    of a generic loss. Returns ``[output, grads of the floating inputs..., grads of the parameters by name...]``.
 
     ``.backward()`` rather than ``torch.autograd.grad``, which the original's reentrant checkpoint does not support.
     """
@@ -348,7 +276,7 @@ def bench_conv_layer(
                 layers, results = {"reference": reference, "ours": ours}, {}
 
                 def step(name: str) -> None:
-                    results[name] = _forward_backward(layers[name], inputs, projection)
+                    results[name] = forward_backward(layers[name], inputs, projection)
 
                 contenders = {name: functools.partial(step, name) for name in layers}
                 timings = time_side_by_side(contenders, warmup, max(repeats, 1), device)
@@ -562,7 +490,7 @@ def bench_memory(
                     forward = functools.partial(_append_output, outputs, layer, inputs)
                     row["saved"][name] = memory_use(forward, device)[1]
                     outputs.clear()
-                    step = functools.partial(_forward_backward, layer, inputs, projection)
+                    step = functools.partial(forward_backward, layer, inputs, projection)
                     row["peak"][name] = memory_use(step, device)[0]
                     for x in inputs + list(layer.parameters()):
                         x.grad = None

@@ -68,9 +68,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tpconv_lite.attention import edge_softmax
 from tpconv_lite.fast_tp import bilinear_matrix, linear_weighted_tensor_product, linear_weighted_tensor_products
-from tpconv_lite.graph import scatter
+from tpconv_lite.graph import edge_softmax, scatter
 
 
 def _edge_mlp(n_edge_features: int, fc_dim: int, n_out: int, dropout: float) -> nn.Sequential:

@@ -46,7 +46,7 @@ from tpconv_lite.graph import scatter
 from tpconv_lite.metrics import ca_dihedrals as ca_dihedrals  # re-exported: they lived here before metrics
 from tpconv_lite.metrics import handedness as handedness
 from tpconv_lite.score_model import ChainBatch, ScoreModelConfig
-from tpconv_lite.testing import random_o3
+from tpconv_lite.rotations import random_o3
 
 HELIX_RADIUS = 2.3  # Å, distance of each CA from the helix axis
 HELIX_RISE = 1.5  # Å per residue along the axis

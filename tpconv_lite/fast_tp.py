@@ -42,6 +42,11 @@ float32). They read the Wigner 3j symbols from ``tp``'s buffers, so a ``tp`` loa
 evaluated with the loaded numbers. Paths whose three degrees are not all >= 1 have no buffer: there e3nn's code
 multiplies by ``1 / sqrt(dimension)`` (``1`` for ``0 x 0 -> 0``), which is the 3j symbol of those degrees, and so
 does this module.
+
+The building blocks these functions name are public as well, so that chapter 10, which shows the functions, can
+run them: :func:`check_tensor_product` (the checks of the inputs), :func:`weight_rows` (where each block ``W_o``
+sits in e3nn's weight vector), :func:`edge_last_product` (steps 1 and 2) and :class:`EdgeLast` (a transpose whose
+gradient is contiguous).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
 
 
 @functools.lru_cache(maxsize=None)
-def _weight_rows(
+def weight_rows(
     irreps_out: o3.Irreps, instructions: tuple[Instruction, ...], device: torch.device
 ) -> tuple[Tensor, ...]:
     """For each output irrep, where the entries of its block ``W_o[w, U]`` sit in e3nn's flat weight vector.
@@ -99,7 +104,7 @@ def _coupling(tp: o3.TensorProduct, ins: Instruction, like: Tensor) -> Tensor:
     return ins.path_weight * w3j.to(like.dtype)
 
 
-class _EdgeLast(torch.autograd.Function):
+class EdgeLast(torch.autograd.Function):
     """``x.T`` as a contiguous copy, whose gradient is a contiguous copy too.
 
     With a plain ``x.T`` the backward pass would hand every edge-last operation a transposed (strided) gradient, and
@@ -115,7 +120,7 @@ class _EdgeLast(torch.autograd.Function):
         return grad.T.contiguous()
 
 
-def _check(tp: o3.TensorProduct, x1: Tensor, x2: Tensor) -> None:
+def check_tensor_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor) -> None:
     """Raise if ``tp`` is not a tensor product with per-sample 'uvw' weights, or the inputs do not fit it."""
     if not isinstance(tp, o3.TensorProduct):
         raise TypeError(f"tp must be an e3nn o3.TensorProduct, got {type(tp).__name__}")
@@ -137,7 +142,7 @@ def _couplings(tp: o3.TensorProduct, i_out: int, x1_blocks: list[Tensor], x2_blo
     """The Clebsch-Gordan couplings ``y_p[U_p, k, e]`` of the paths ``p`` into output ``i_out``, in e3nn's order.
 
     Stacked along ``U``, they are ``Y_o`` of the module docstring: within a path, ``U_p`` runs over ``(u, v)`` in
-    row-major order, the order of the rows of ``_weight_rows``. An output that no path reaches gets an empty list.
+    row-major order, the order of the rows of ``weight_rows``. An output that no path reaches gets an empty list.
     """
     couplings = []
     for ins in tp.instructions:
@@ -202,7 +207,7 @@ def _sum_of_products(pairs: list[tuple[Tensor, Tensor]], out: Tensor | None = No
     return total
 
 
-def _edge_last_product(
+def edge_last_product(
     tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: list[Tensor], shared: dict | None = None
 ) -> Tensor:
     """The tensor product with the edge axis last.
@@ -211,7 +216,7 @@ def _edge_last_product(
         tp: the e3nn tensor product (its irreps, paths and 3j buffers are used, not its forward).
         x1: (irreps_in1.dim, E).
         x2: (irreps_in2.dim, E).
-        weights: one ``(mul_o * U_o, E)`` block per output irrep, rows ordered as ``_weight_rows`` says.
+        weights: one ``(mul_o * U_o, E)`` block per output irrep, rows ordered as ``weight_rows`` says.
         shared: couplings already computed from the same ``x1`` and ``x2`` by a tensor product with the same
             inputs, keyed by the paths into an output irrep; new ones are added (see
             :func:`linear_weighted_tensor_products`).
@@ -256,17 +261,17 @@ def tensor_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weight: Tensor)
         >>> torch.allclose(tensor_product(tp, x1, x2, w), tp(x1, x2, w), atol=1e-6)
         True
     """
-    _check(tp, x1, x2)
+    check_tensor_product(tp, x1, x2)
     if not isinstance(weight, Tensor) or weight.shape != (*x1.shape[:-1], tp.weight_numel):
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must have shape {(*x1.shape[:-1], tp.weight_numel)}, got {shape}")
     batch = x1.shape[:-1]
-    rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), weight.device)
+    rows = weight_rows(tp.irreps_out, tuple(tp.instructions), weight.device)
     weight = weight.reshape(-1, tp.weight_numel)
     grouped = weight[:, torch.cat(rows)].T.contiguous()  # one gather, one transpose
     weights = list(torch.split(grouped, [len(r) for r in rows]))
-    x1, x2 = _EdgeLast.apply(x1.reshape(-1, x1.shape[-1])), _EdgeLast.apply(x2.reshape(-1, x2.shape[-1]))
-    out = _EdgeLast.apply(_edge_last_product(tp, x1, x2, weights))
+    x1, x2 = EdgeLast.apply(x1.reshape(-1, x1.shape[-1])), EdgeLast.apply(x2.reshape(-1, x2.shape[-1]))
+    out = EdgeLast.apply(edge_last_product(tp, x1, x2, weights))
     return out.reshape(*batch, tp.irreps_out.dim)
 
 
@@ -323,7 +328,7 @@ def linear_weighted_tensor_products(
         raise ValueError("products must hold at least one (tp, hidden, linear) triple, got none")
     first = products[0][0]
     for tp, hidden, linear in products:
-        _check(tp, x1, x2)
+        check_tensor_product(tp, x1, x2)
         if tp.irreps_in1 != first.irreps_in1 or tp.irreps_in2 != first.irreps_in2:
             raise ValueError(
                 f"the products must share their inputs' irreps, got {first.irreps_in1} x {first.irreps_in2} and "
@@ -337,14 +342,14 @@ def linear_weighted_tensor_products(
                 f"x1 must have shape (E, {tp.irreps_in1.dim}) and hidden ({x1.shape[0]}, {linear.in_features}), "
                 f"got {tuple(x1.shape)} and {shape}"
             )
-    x1, x2 = _EdgeLast.apply(x1), _EdgeLast.apply(x2)
+    x1, x2 = EdgeLast.apply(x1), EdgeLast.apply(x2)
     shared: dict = {}  # the couplings, computed by the first product that needs them
     outputs = []
     for tp, hidden, linear in products:
-        rows = _weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
+        rows = weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
         hidden_t, a, b = hidden.T, linear.weight, linear.bias  # hidden_t: (in_features, E)
         weights = [a[r] @ hidden_t if b is None else torch.addmm(b[r, None], a[r], hidden_t) for r in rows]
-        outputs.append(_EdgeLast.apply(_edge_last_product(tp, x1, x2, weights, shared)))
+        outputs.append(EdgeLast.apply(edge_last_product(tp, x1, x2, weights, shared)))
     return outputs
 
 

@@ -1,4 +1,4 @@
-"""Graphs on point clouds, and scatter reductions from edges to nodes.
+"""Graphs on point clouds, scatter reductions from edges to nodes, the softmax over a node's edges, edge geometry.
 
 Edge convention (torch_cluster's ``flow="source_to_target"``): ``edge_index[0]`` holds the source ``j``
 (the neighbour), ``edge_index[1]`` the target ``i`` (the centre that receives the message).
@@ -30,6 +30,7 @@ import os
 from typing import Literal
 
 import torch
+from e3nn import o3
 from torch import Tensor
 
 try:
@@ -338,3 +339,84 @@ def scatter(
         count.index_add_(0, index, torch.ones_like(index, dtype=src.dtype))
         out = out / count.clamp(min=1).view(view)
     return out
+
+
+def edge_softmax(logits: Tensor, index: Tensor, num_nodes: int, weight: Tensor | None = None) -> Tensor:
+    """Softmax of the edge logits over the incoming edges of each target node.
+
+    The largest logit of each target is subtracted first (a constant shift, which leaves the softmax unchanged), so
+    every exponential is at most 1 and nothing overflows. Only edges with a positive ``weight`` count for that
+    maximum: a cut-off edge with a large logit would otherwise push the live exponentials into underflow. The shift
+    is detached: its gradient is zero anyway.
+
+    Args:
+        logits: (E, ...) one score (or one per head, channel, ...) per edge.
+        index: (E,) long target node of each edge (``edge_index[1]``).
+        num_nodes: number of target nodes, > ``index.max()``. Nodes with no incoming edge simply get no weight.
+        weight: optional (E,) non-negative factor multiplying each exponential, e.g. a smooth cutoff of the edge
+            length. A node whose exponentials are all zero gets zero weights (not 0 / 0).
+
+    Returns:
+        (E, ...) weights ``alpha``, summing to 1 over the incoming edges of each target (where ``weight`` leaves
+        at least one non-zero exponential).
+
+    Example:
+        >>> edge_softmax(torch.tensor([0.0, 0.0, 1000.0]), torch.tensor([0, 0, 2]), num_nodes=3)
+        tensor([0.5000, 0.5000, 1.0000])
+    """
+    if logits.dim() == 0 or logits.shape[0] != index.shape[0]:
+        raise ValueError(
+            f"logits must have one row per edge: expected shape ({index.shape[0]}, ...) to match index, "
+            f"got {tuple(logits.shape)}"
+        )
+    live = logits.detach()
+    if weight is not None:
+        if weight.shape != (logits.shape[0],):
+            raise ValueError(f"weight must have shape ({logits.shape[0]},), one per edge, got {tuple(weight.shape)}")
+        weight = weight.view(-1, *[1] * (logits.dim() - 1))
+        live = live.masked_fill(weight <= 0, float("-inf"))  # a cut-off edge must not set the shift
+    largest = scatter(live, index, dim=0, dim_size=num_nodes, reduce="max")
+    largest = torch.where(torch.isfinite(largest), largest, torch.zeros_like(largest))  # every edge cut off
+    shifted = logits - largest[index]
+    if weight is not None:  # cut-off edges: exp(0) * 0 = 0, never exp(large) * 0 = inf * 0
+        shifted = shifted.masked_fill(weight <= 0, 0.0)
+    exp = shifted.exp() if weight is None else shifted.exp() * weight
+    total = scatter(exp, index, dim=0, dim_size=num_nodes)
+    total = torch.where(total > 0, total, torch.ones_like(total))  # all exponentials cut off: 0 / 1, not 0 / 0
+    return exp / total[index]
+
+
+def edge_geometry(
+    pos: Tensor, edge_index: Tensor, irreps_sh: o3.Irreps | str | int, normalization: str = "component"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The vector, length and spherical harmonics of every edge ``j -> i``: ``r_ij = pos[j] - pos[i]``.
+
+    A zero-length edge (two points at the same place) has no direction: its harmonics are taken at the zero vector,
+    ``Y = (1, 0, ..., 0)`` for component normalization (only ``l = 0`` survives, which is equivariant). Passing the
+    zero vector to ``o3.spherical_harmonics(..., normalize=True)`` gives the same values but gradients of about
+    1e12, so the directions are normalised here with a safe divisor and the harmonics taken with ``normalize=False``.
+
+    Args:
+        pos: (N, 3) positions.
+        edge_index: (2, E) long, row 0 sources ``j``, row 1 targets ``i``.
+        irreps_sh: irreps of the harmonics (each ``l`` with parity ``(-1)^l``), or ``lmax``.
+        normalization: ``"component"`` (the book's default), ``"norm"`` or ``"integral"``, as in e3nn.
+
+    Returns:
+        ``(edge_vec, edge_length, edge_sh)``: (E, 3), (E,) and (E, irreps_sh.dim), in the dtype of ``pos``.
+
+    Example:
+        >>> pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 2.0]])
+        >>> vec, length, sh = edge_geometry(pos, torch.tensor([[1, 2], [0, 1]]), 1)
+        >>> length, sh
+        (tensor([2., 0.]), tensor([[1.0000, 0.0000, 0.0000, 1.7321],
+                [1.0000, 0.0000, 0.0000, 0.0000]]))
+    """
+    if isinstance(irreps_sh, int):
+        irreps_sh = o3.Irreps.spherical_harmonics(irreps_sh)
+    src, dst = edge_index
+    edge_vec = pos[src] - pos[dst]
+    edge_length = edge_vec.norm(dim=1)
+    edge_dir = edge_vec / torch.where(edge_length > 0, edge_length, 1.0)[:, None]  # a zero-length edge stays 0
+    edge_sh = o3.spherical_harmonics(irreps_sh, edge_dir, normalize=False, normalization=normalization)
+    return edge_vec, edge_length, edge_sh

@@ -20,21 +20,32 @@ right-handed helix from its mirror image. With ``parity=False`` it returns ``1o`
 reflections included, so it cannot prefer one handedness.
 
 **Input.** The model reads ``data['resi'].pos``, ``.node_attr``, ``.edge_attr_``, ``.edge_index``, ``.node_t``,
-``.batch`` and ``data.score_norm``, like EigenFold reads a batched PyG ``HeteroData``, and nothing else.
-:class:`ChainBatch` holds exactly these fields, so PyG is not needed. The container lives here because it is this
-model's input contract; :mod:`tpconv_lite.diffusion` builds it.
+``.batch`` and ``data.score_norm``, like EigenFold reads a batched PyG ``HeteroData``. :class:`ChainBatch` holds
+exactly these fields, so PyG is not needed. The container lives here because it is this model's input contract;
+:mod:`tpconv_lite.diffusion` builds it.
 
-Differences from EigenFold, all deliberate: the input is read, never written to (EigenFold stores ``x``,
-``edge_attr`` and ``pred`` on ``data``); ``score_norm`` is per chain and mapped to residues through ``batch``
-(EigenFold's ``score_norm[:, None]`` only broadcasts for batches of one chain); the spherical harmonics keep the
-input dtype (EigenFold casts to float32); ``dropout`` reaches the conv layers (EigenFold has no such option).
+**A drop-in for EigenFold.** :meth:`ResiLevelTensorProductScoreModel.from_eigenfold` loads EigenFold's released
+checkpoints (``{'model': ..., 'optimizer': ..., 'epoch': ...}`` as its ``train.py`` saves them, keys under ``enn.``)
+with its ``args.yaml``. ``forward`` also takes the single-chain data that EigenFold's ``ForwardDiffusionKernel``
+makes: without ``batch`` the residues form one chain; ``pos`` and ``node_t`` are cast to the dtype of the node
+features (EigenFold's kernel makes ``pos`` float64 from numpy next to float32 features); ``score_norm`` may be a
+number (a numpy scalar there), a 0-d tensor, or one value per chain. Like EigenFold's, ``forward`` writes its output
+to ``data.pred`` and ``data['resi'].pred`` (EigenFold's ``loss_func`` reads ``data.pred``); it writes nothing else.
+
+Differences from EigenFold, all deliberate: only ``pred`` is written to ``data`` (EigenFold also stores ``x`` and
+``edge_attr``); a (B,) ``score_norm`` is mapped to residues through ``batch`` (EigenFold's ``score_norm[:, None]``
+only broadcasts for batches of one chain); the spherical harmonics keep the input dtype (EigenFold casts to
+float32) and a zero-length edge gets finite gradients (:func:`~tpconv_lite.graph.edge_geometry`, and a square root
+of the length whose gradient is 0 at 0); ``dropout`` reaches the conv layers (EigenFold has no such option).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import pickle
 from argparse import Namespace
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -43,6 +54,7 @@ from torch import Tensor, nn
 
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.embeddings import get_timestep_embedding, sinusoidal_embedding
+from tpconv_lite.graph import edge_geometry
 from tpconv_lite.radial import GaussianSmearing
 
 # The irreps of the node features after each layer (the last entry repeats), before multiplicities are filled in.
@@ -166,7 +178,8 @@ class ResidueGraph:
         edge_attr_: (E, 2 * lm_edge_dim) per-edge features: ``cat(pair[src, dst], pair[dst, src])`` of a pair
             feature array.
         node_t: (N,) positive noise level (diffusion time) of each residue's chain.
-        batch: (N,) long index of each residue's chain.
+        batch: (N,) long index of each residue's chain; None means one chain.
+        pred: (N, 3) the score model's last output, written by its ``forward`` (None before).
     """
 
     pos: Tensor
@@ -174,7 +187,8 @@ class ResidueGraph:
     edge_index: Tensor
     edge_attr_: Tensor
     node_t: Tensor
-    batch: Tensor
+    batch: Tensor | None = None
+    pred: Tensor | None = None
 
 
 @dataclass
@@ -182,11 +196,13 @@ class ChainBatch:
     """Input of the score model: ``data['resi']`` is a :class:`ResidueGraph`, ``data.score_norm`` is (B,).
 
     ``score_norm`` is the expected size of one coordinate of the true score of each chain; the model multiplies
-    its output by it, so the network itself predicts numbers of order one.
+    its output by it, so the network itself predicts numbers of order one. ``pred`` is the model's last output,
+    (N, 3), written by its ``forward`` as EigenFold's model does (None before).
     """
 
     resi: ResidueGraph
     score_norm: Tensor
+    pred: Tensor | None = None
 
     def __getitem__(self, key: str) -> ResidueGraph:
         if key != "resi":
@@ -327,8 +343,15 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         )
 
     def embed_length(self, length: Tensor) -> Tensor:
-        """Embed edge lengths (E,) as (E, radius_emb_dim): Gaussians or sinusoids on ``sqrt(length)`` by default."""
-        r = length if self.args.no_radius_sqrt else length.sqrt()
+        """Embed edge lengths (E,) as (E, radius_emb_dim): Gaussians or sinusoids on ``sqrt(length)`` by default.
+
+        The square root is taken with a gradient of 0 instead of infinity at a zero length (the same values).
+        """
+        if self.args.no_radius_sqrt:
+            r = length
+        else:
+            positive = length > 0
+            r = torch.where(positive, torch.where(positive, length, 1.0).sqrt(), 0.0)
         if self.args.radius_emb_type == "gaussian":
             return self.distance_expansion(r)
         return sinusoidal_embedding(10000 * r / self.radius_max, self.args.radius_emb_dim)
@@ -344,32 +367,36 @@ class ResiLevelTensorProductScoreModel(nn.Module):
             - ``edge_attr``: (E, radius_emb_dim + resi_pos_emb_dim + t_emb_dim + 2 lm_edge_dim), ``[length
               embedding, offset embedding, time embedding of the source, normed edge_attr_]``;
             - ``edge_sh``: (E, sh_irreps.dim), spherical harmonics of ``pos[src] - pos[dst]``, component normalized.
+
+        ``pos`` and ``node_t`` are cast to the dtype of ``node_attr`` first.
         """
         resi = data["resi"]
         x = self.resi_node_norm(resi.node_attr)
         pair = self.resi_edge_norm(resi.edge_attr_)
-        log_t = torch.log(resi.node_t / self.args.tmin) / math.log(self.args.tmax / self.args.tmin)
+        log_t = torch.log(resi.node_t.to(x.dtype) / self.args.tmin) / math.log(self.args.tmax / self.args.tmin)
         node_t_emb = self.t_emb_func(10000 * log_t)
         node_attr = torch.cat([node_t_emb, x], dim=1)
 
         src, dst = resi.edge_index
         offset_emb = sinusoidal_embedding((dst - src).to(x.dtype), self.args.resi_pos_emb_dim)
-        edge_vec = resi.pos[src] - resi.pos[dst]
-        length_emb = self.embed_length(edge_vec.norm(dim=-1))
-        edge_attr = torch.cat([length_emb, offset_emb, node_t_emb[src], pair], dim=1)
-        edge_sh = o3.spherical_harmonics(self.sh_irreps, edge_vec, normalize=True, normalization="component")
+        _, edge_length, edge_sh = edge_geometry(resi.pos.to(x.dtype), resi.edge_index, self.sh_irreps)
+        edge_attr = torch.cat([self.embed_length(edge_length), offset_emb, node_t_emb[src], pair], dim=1)
         return node_attr, resi.edge_index, edge_attr, edge_sh
 
     def forward(self, data: ChainBatch) -> Tensor:
-        """Predict the score of ``data['resi'].pos``.
+        """Predict the score of ``data['resi'].pos``, and store it in ``data.pred`` and ``data['resi'].pred``.
 
         Args:
-            data: a :class:`ChainBatch`, or any object with the same fields.
+            data: a :class:`ChainBatch`, or any object with the same fields, such as EigenFold's ``HeteroData``.
+                ``data['resi'].batch`` may be missing or None (one chain); ``pos`` and ``node_t`` may have any
+                floating dtype (they are cast to that of ``node_attr``, which must be the model's); ``data.score_norm``
+                is a number, a 0-d tensor (one value for every residue) or a (B,) tensor (one per chain).
 
         Returns:
-            (N, 3) predicted score, already multiplied by each chain's ``score_norm``.
+            (N, 3) predicted score, already multiplied by each chain's ``score_norm``; the same tensor is assigned
+            to ``data.pred`` and ``data['resi'].pred``, as EigenFold's model does.
         """
-        self._check_input(data)
+        score_norm = self._check_input(data)
         node_attr, edge_index, edge_attr, edge_sh = self.build_conv_graph(data)
         node_attr = self.resi_node_embedding(node_attr)
         edge_attr = self.resi_edge_embedding(edge_attr)
@@ -384,10 +411,45 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         out = self.resi_final_tp(node_attr, node_attr)
         if self.args.parity:
             out = out.view(-1, 2, 3).mean(dim=1)  # mean of the 1o and the 1e vector
-        return out * data.score_norm[data["resi"].batch][:, None]
+        out = out * score_norm[:, None]
+        data["resi"].pred = out
+        data.pred = out
+        return out
 
-    def _check_input(self, data: ChainBatch) -> None:
-        """Raise ValueError/TypeError naming the field when ``data`` does not fit this model."""
+    @classmethod
+    def from_eigenfold(
+        cls,
+        checkpoint: str | os.PathLike | Mapping[str, object],
+        args: str | os.PathLike | Namespace | Mapping[str, object],
+        map_location: str | torch.device = "cpu",
+    ) -> ResiLevelTensorProductScoreModel:
+        """The model of an EigenFold checkpoint, with its weights.
+
+        Args:
+            checkpoint: a path to a file saved by EigenFold's ``train.py`` (``{'model': state_dict, 'optimizer':
+                ..., 'epoch': ...}``, the keys under ``enn.`` because ``get_model`` wraps the model), or that dict,
+                or a bare state dict (with or without the ``enn.`` prefix). Files are read with
+                ``torch.load(weights_only=True)``.
+            args: EigenFold's hyperparameters: a path to its ``args.yaml`` (needs PyYAML), or a Namespace, or a
+                dict. Keys that are not model hyperparameters (data paths, learning rate, ...) are ignored.
+            map_location: where the tensors of a checkpoint file are loaded.
+
+        Returns:
+            The model in eval mode, its parameters and buffers loaded strictly (every key must match).
+
+        Example:
+            >>> model = ResiLevelTensorProductScoreModel(ScoreModelConfig(resi_conv_layers=2, resi_ns=8))
+            >>> saved = {"model": {f"enn.{k}": v for k, v in model.state_dict().items()}, "epoch": 7}
+            >>> copy = ResiLevelTensorProductScoreModel.from_eigenfold(saved, vars(model.args))
+            >>> all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), model.state_dict().values()))
+            True
+        """
+        model = cls(ScoreModelConfig.from_args(_eigenfold_args(args)))
+        model.load_state_dict(_eigenfold_state_dict(checkpoint, map_location))
+        return model.eval()
+
+    def _check_input(self, data: ChainBatch) -> Tensor:
+        """Raise ValueError/TypeError naming the field when ``data`` does not fit; return the (N,) score_norm."""
         try:
             resi = data["resi"]
         except (KeyError, TypeError) as error:
@@ -401,8 +463,11 @@ class ResiLevelTensorProductScoreModel(nn.Module):
             "node_t": ("(N,)", 1, None),
             "batch": ("(N,)", 1, None),
         }
+        batch = getattr(resi, "batch", None)
         for name, (text, ndim, last) in expected.items():
             value = getattr(resi, name, None)
+            if name == "batch" and value is None:
+                continue  # one chain
             if not isinstance(value, Tensor):
                 raise ValueError(f"data['resi'].{name} must be a tensor of shape {text}, got {type(value).__name__}")
             if value.dim() != ndim or (last is not None and value.shape[-1] != last):
@@ -413,26 +478,86 @@ class ResiLevelTensorProductScoreModel(nn.Module):
                 f"edge_index must be (2, E) and edge_attr_ (E, F) with the same E, got "
                 f"{tuple(resi.edge_index.shape)} and {tuple(resi.edge_attr_.shape)}"
             )
+        present = {"node_attr", "node_t", "edge_index"} | ({"batch"} if batch is not None else set())
         for name in ("node_attr", "node_t", "batch"):
-            if getattr(resi, name).shape[0] != n:
+            if name in present and getattr(resi, name).shape[0] != n:
                 raise ValueError(f"data['resi'].{name} has {getattr(resi, name).shape[0]} rows, pos has {n}")
         for name in ("edge_index", "batch"):
-            if getattr(resi, name).dtype != torch.long:
+            if name in present and getattr(resi, name).dtype != torch.long:
                 raise TypeError(f"data['resi'].{name} must be a long tensor, got {getattr(resi, name).dtype}")
         if n_edges and (resi.edge_index.min() < 0 or resi.edge_index.max() >= n):
             raise ValueError(f"edge_index must hold node indices in [0, {n}), got values outside")
-        dtype = self.resi_node_norm.weight.dtype
-        for name in ("pos", "node_attr", "edge_attr_", "node_t"):
+        dtype, device = self.resi_node_norm.weight.dtype, self.resi_node_norm.weight.device
+        for name in ("node_attr", "edge_attr_"):
             if getattr(resi, name).dtype != dtype:
                 raise TypeError(f"data['resi'].{name} is {getattr(resi, name).dtype} but the model is {dtype}")
+        for name in ("pos", "node_t"):  # cast to the features' dtype by build_conv_graph
+            if not getattr(resi, name).is_floating_point():
+                raise TypeError(f"data['resi'].{name} must be a floating point tensor, got {getattr(resi, name).dtype}")
         if not bool((resi.node_t > 0).all()) or not bool(torch.isfinite(resi.node_t).all()):
             raise ValueError("data['resi'].node_t must be positive and finite (its logarithm is embedded)")
         if not bool(torch.isfinite(resi.pos).all()):
             raise ValueError("data['resi'].pos contains NaN or infinite coordinates")
         score_norm = getattr(data, "score_norm", None)
-        n_graphs = int(resi.batch.max()) + 1 if n else 0
-        if not isinstance(score_norm, Tensor) or score_norm.dim() != 1 or score_norm.shape[0] < n_graphs:
+        n_graphs = (int(batch.max()) + 1 if n else 0) if batch is not None else 1
+        is_number = isinstance(score_norm, (int, float)) or hasattr(score_norm, "dtype")  # Python or numpy numbers
+        if is_number and not isinstance(score_norm, Tensor):
+            score_norm = torch.as_tensor(score_norm)  # EigenFold's single chain gives a numpy float64
+        if not isinstance(score_norm, Tensor) or score_norm.dim() > 1 or (
+            score_norm.dim() == 1 and score_norm.shape[0] < n_graphs
+        ):
             shape = tuple(score_norm.shape) if isinstance(score_norm, Tensor) else type(score_norm).__name__
-            raise ValueError(f"data.score_norm must be a tensor of shape (B,) with B >= {n_graphs} chains, got {shape}")
+            raise ValueError(
+                f"data.score_norm must be a number, a 0-d tensor or a tensor of shape (B,) with B >= {n_graphs} "
+                f"chains, got {shape}"
+            )
         if not bool(torch.isfinite(score_norm).all()):
             raise ValueError("data.score_norm must be finite")
+        score_norm = score_norm.to(device=device, dtype=dtype)
+        if score_norm.dim() == 0:
+            return score_norm.expand(n)
+        return score_norm[batch] if batch is not None else score_norm[:1].expand(n)
+
+
+def _eigenfold_args(args: str | os.PathLike | Namespace | Mapping[str, object]) -> Namespace | object:
+    """EigenFold's hyperparameters as an object with attributes: read ``args.yaml``, or wrap a dict."""
+    if isinstance(args, (str, os.PathLike)):
+        try:
+            import yaml  # PyYAML: needed only to read EigenFold's args.yaml
+        except ImportError as error:
+            raise ImportError(
+                "reading EigenFold's args.yaml needs PyYAML (pip install pyyaml); or pass the arguments as a dict"
+            ) from error
+        with open(args) as f:
+            args = yaml.safe_load(f)
+        if not isinstance(args, Mapping):
+            raise ValueError(f"args.yaml must hold a mapping of argument names to values, got {type(args).__name__}")
+    if isinstance(args, Mapping):
+        return Namespace(**args)
+    return args
+
+
+def _eigenfold_state_dict(
+    checkpoint: str | os.PathLike | Mapping[str, object], map_location: str | torch.device
+) -> dict[str, Tensor]:
+    """The model's state dict from an EigenFold checkpoint (file or dict), without the ``enn.`` prefix."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        try:
+            checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{checkpoint} holds more than tensors and plain containers, which torch.load(weights_only=True) "
+                "refuses; if you trust the file, load it with torch.load(..., weights_only=False) and pass the dict"
+            ) from error
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"checkpoint must be a path or a dict, got {type(checkpoint).__name__}")
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            "checkpoint must be EigenFold's {'model': state_dict, 'optimizer': ..., 'epoch': ...} or a state dict "
+            f"of tensors, got a dict with keys {sorted(checkpoint)[:8]}"
+        )
+    for prefix in ("module.", "enn."):  # DistributedDataParallel, then EigenFold's ScoreModel wrapper
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return dict(state)

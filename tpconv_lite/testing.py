@@ -15,57 +15,22 @@ with ``inversion=True``, rotoinversions) in float64 and reports the largest erro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from e3nn import o3
 from torch import Tensor
 
+from tpconv_lite.rotations import default_dtype, random_o3, wigner_D
+
+__all__ = ["assert_equivariant", "check_equivariance", "default_dtype", "EquivarianceReport", "random_o3", "wigner_D"]
+
 Kind = o3.Irreps | str | None
 
 CARTESIAN_POINTS = "cartesian_points"
-
-
-def random_o3(inversion: bool = False, *, generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
-    """A uniformly random rotation matrix, times -1 when ``inversion`` is True.
-
-    Returns:
-        (3, 3) orthogonal matrix with determinant +1 (or -1 with ``inversion``).
-    """
-    q = torch.randn(4, generator=generator, dtype=torch.float64)
-    rotation = o3.quaternion_to_matrix(q / q.norm()).to(dtype)
-    return -rotation if inversion else rotation
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Set torch's default dtype inside a ``with`` block, and restore it after.
-
-    e3nn computes its constants (Clebsch-Gordan coefficients, rotation generators) in the default dtype. A module
-    built under the float32 default keeps float32-rounded constants even after ``.double()``, which limits any
-    float64 check to about 1e-7. Build the modules of a float64 check inside ``with default_dtype(torch.float64):``.
-    """
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def wigner_D(irreps: o3.Irreps | str, rotation: Tensor) -> Tensor:
-    """The matrix by which ``rotation`` (3, 3), proper or improper, acts on features of ``irreps``.
-
-    Built in float64 (see :func:`default_dtype`): ``o3.Irreps.D_from_matrix`` under the float32 default is only good
-    to about 3e-7, even for a float64 rotation.
-
-    Returns:
-        (irreps.dim, irreps.dim) tensor in float64.
-    """
-    with default_dtype(torch.float64):
-        return o3.Irreps(irreps).D_from_matrix(rotation.to(torch.float64))
+BLOCK_FLOOR = 0.1  # an irrep block's scale is at least this fraction of its output's largest entry
 
 
 def _act(x: Tensor, kind: Kind, rotation: Tensor, shift: Tensor) -> Tensor:
@@ -83,13 +48,25 @@ def _act(x: Tensor, kind: Kind, rotation: Tensor, shift: Tensor) -> Tensor:
     return x @ wigner_D(irreps, rotation).to(device=x.device, dtype=x.dtype).T
 
 
+def _blocks(out: Tensor, kind: Kind) -> list[tuple[str, slice]]:
+    """The irrep blocks of an output, ``(label, slice of the last dimension)``; one block for other kinds."""
+    if kind is None or (isinstance(kind, str) and kind == CARTESIAN_POINTS):
+        return [("all", slice(None))]
+    irreps = o3.Irreps(kind)
+    return [(str(o3.Irreps([(mul, ir)])), block) for (mul, ir), block in zip(irreps, irreps.slices())]
+
+
 def _as_tuple(out: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     return (out,) if isinstance(out, Tensor) else tuple(out)
 
 
 @dataclass
 class EquivarianceReport:
-    """Largest error ``|f(g x) - g f(x)|`` of each output, over all trials.
+    """Largest error ``|f(g x) - g f(x)|`` of each output, over all trials, against its tolerance.
+
+    Each irrep block of an output (each ``mul x ir`` of its irreps) is judged against its own tolerance, relative to
+    that block's own scale (see :func:`check_equivariance`); ``errors`` and ``tolerances`` hold, for each output, the
+    block with the largest ratio of the two, and ``blocks`` names it.
 
     ``str(report)`` gives one ``"<output>: equivariant: True"`` line per output: stable text, fit for a
     ``# NBVAL_CHECK_OUTPUT`` cell. The numbers themselves are in ``errors`` (they vary with the machine).
@@ -98,6 +75,7 @@ class EquivarianceReport:
     names: list[str]
     errors: list[float]
     tolerances: list[float]
+    blocks: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -139,7 +117,11 @@ def check_equivariance(
         inversion: also test improper elements (parity).
         translation: also translate ``"cartesian_points"`` inputs and outputs.
         dtype: computation dtype.
-        tol: largest accepted error, relative to ``max(1, max |f(x)|)``; default 1e-9 in float64, 1e-4 otherwise.
+        tol: largest accepted error of an irrep block, relative to that block's scale: ``max |f_b(x)|`` over the
+            block, but at least ``BLOCK_FLOOR`` (0.1) times ``max |f(x)|`` over the whole output, so that a block
+            which is zero, or nearly so, by construction is not held to rounding noise. Default 1e-9 in float64,
+            1e-4 otherwise. A small block (a ``0o`` of size 1e-4 next to scalars of size 1) is thus judged on its
+            own scale: a sign flip of it fails, where one tolerance relative to the largest output would pass it.
         seed: seed of the random group elements, so a report is reproducible.
 
     Returns:
@@ -157,7 +139,8 @@ def check_equivariance(
         reference = _as_tuple(fn(*inputs))
     if len(reference) != len(kinds_out):
         raise ValueError(f"fn returned {len(reference)} outputs but irreps_out describes {len(kinds_out)}")
-    errors = [0.0] * len(kinds_out)
+    slices = [_blocks(out, kind) for out, kind in zip(reference, kinds_out)]
+    errors = [[0.0] * len(blocks) for blocks in slices]
     for trial in range(n_trials):
         rotation = random_o3(inversion=inversion and trial % 2 == 1, generator=generator)
         shift = torch.randn(3, generator=generator, dtype=torch.float64) if translation else torch.zeros(3)
@@ -166,17 +149,28 @@ def check_equivariance(
             out_of_moved = _as_tuple(fn(*moved))
         for i, (a, b, k) in enumerate(zip(out_of_moved, reference, kinds_out)):
             diff = (a - _act(b, k, rotation, shift)).abs()
-            errors[i] = max(errors[i], float(diff.max()) if diff.numel() else 0.0)
+            for j, (_, block) in enumerate(slices[i]):
+                part = diff[..., block]
+                errors[i][j] = max(errors[i][j], float(part.max()) if part.numel() else 0.0)
 
-    names, tolerances = [], []
-    for out, kind in zip(reference, kinds_out):
+    names, worst_errors, tolerances, worst_blocks = [], [], [], []
+    for out, kind, blocks, block_errors in zip(reference, kinds_out, slices, errors):
         names.append("invariant" if kind is None else kind if kind == CARTESIAN_POINTS else str(o3.Irreps(kind)))
-        scale = max(1.0, float(out.abs().max())) if out.numel() else 1.0
-        default = 1e-9 if out.dtype == torch.float64 else 1e-4
-        tolerances.append((default if tol is None else tol) * scale)
+        relative = (1e-9 if out.dtype == torch.float64 else 1e-4) if tol is None else tol
+        overall = float(out.abs().max()) if out.numel() else 0.0
+        candidates = []
+        for (label, block), error in zip(blocks, block_errors):
+            part = out[..., block]
+            scale = max(float(part.abs().max()) if part.numel() else 0.0, BLOCK_FLOOR * overall)
+            candidates.append((error / scale if scale > 0 else (math.inf if error > 0 else 0.0), error,
+                               relative * scale, label))  # fmt: skip
+        _, error, tolerance, label = max(candidates, key=lambda c: c[0]) if candidates else (0, 0.0, 0.0, "")
+        worst_errors.append(error)
+        tolerances.append(tolerance)
+        worst_blocks.append(label)
     if len(names) > 1:
         names = [f"output {i} ({n})" for i, n in enumerate(names)]
-    return EquivarianceReport(names, errors, tolerances)
+    return EquivarianceReport(names, worst_errors, tolerances, worst_blocks)
 
 
 def assert_equivariant(*args, **kwargs) -> EquivarianceReport:

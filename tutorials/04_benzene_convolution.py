@@ -433,13 +433,16 @@ print("output:", tuple(by_hand.shape), "labelled", irreps_out, "| equals the ste
 # the radial network, builds the radius graph unless you pass `edge_index`, and divides by a fixed `num_neighbors`.
 # Two details differ from the steps above. An edge of length zero (two atoms at the same place) has no direction;
 # the module gives it the harmonics of the zero vector, $Y = (1, 0, \dots, 0)$, by normalising with a safe divisor,
-# because `normalize=True` there gives correct values but gradients of about $10^{12}$. And it checks its inputs,
-# with error messages that say what was expected. It needs:
+# because `normalize=True` there gives correct values but gradients of about $10^{12}$; the book's one edge-geometry
+# helper, `tpconv_lite.graph.edge_geometry`, does that for every layer. And it checks its inputs, with error messages
+# that say what was expected. It needs:
 
 # %%
 from collections.abc import Callable
 
 from torch import Tensor
+
+from tpconv_lite.graph import edge_geometry
 
 
 # %%
@@ -458,7 +461,8 @@ class PointConvolution(torch.nn.Module):
     A zero-length edge (two atoms at the same place) has no direction: its spherical harmonics are taken at the
     zero vector, ``Y = (1, 0, ..., 0)`` (only ``l = 0`` survives, which is equivariant). Passing the zero vector to
     ``o3.spherical_harmonics(..., normalize=True)`` gives the same values but gradients of about 1e12, so the
-    directions are normalised here with a safe divisor and the harmonics evaluated with ``normalize=False``.
+    edge geometry comes from :func:`~tpconv_lite.graph.edge_geometry`, which normalises the directions with a safe
+    divisor and evaluates the harmonics with ``normalize=False``.
 
     Precision: e3nn computes the Clebsch-Gordan coefficients of the tensor product in the default dtype, and
     ``.double()`` only casts them. For float64 accuracy (equivariance errors near 1e-14 rather than 1e-7) build the
@@ -539,10 +543,7 @@ class PointConvolution(torch.nn.Module):
         if edge_index is None:
             edge_index = radius_graph(pos, self.max_radius, batch)
         src, dst = edge_index  # messages go from the neighbour j = src to the centre i = dst
-        edge_vec = pos[src] - pos[dst]  # r_ij, from the centre to the neighbour
-        edge_length = edge_vec.norm(dim=1)
-        edge_dir = edge_vec / torch.where(edge_length > 0, edge_length, 1.0)[:, None]  # a zero-length edge stays 0
-        edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_dir, normalize=False, normalization="component")
+        _, edge_length, edge_sh = edge_geometry(pos, edge_index, self.irreps_sh)  # r_ij = pos_j - pos_i, guarded
         messages = self.tp(x[src], edge_sh, self.radial(edge_length))  # R(r_ij) Y(r_ij_hat) (x) f_j
         return scatter(messages, dst, dim=0, dim_size=x.shape[0]) / self.num_neighbors**0.5
 

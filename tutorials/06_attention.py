@@ -74,8 +74,17 @@ from e3nn.nn import FullyConnectedNet
 from torch import Tensor, nn
 
 import tpconv_lite
-from tpconv_lite.graph import radius_graph, scatter
+from tpconv_lite.diagrams import box_diagram
+from tpconv_lite.graph import edge_geometry, radius_graph, scatter
 from tpconv_lite.testing import check_equivariance, default_dtype
+
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
@@ -87,7 +96,8 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # By the end of this chapter you can
 # 1. compute equivariant attention by hand: queries per node, keys and values per edge from tensor products with the
 #    spherical harmonics, a learned dot product to a scalar, a softmax over the incoming edges, a weighted sum;
-# 2. use `tpconv_lite.attention.edge_softmax` and `EquivariantAttention`, and check them against the steps;
+# 2. use `tpconv_lite.graph.edge_softmax` and `tpconv_lite.attention.EquivariantAttention`, and check them against
+#    the steps;
 # 3. explain, and measure, why the values are weighted by $\sqrt{\alpha_{ij}}$ rather than $\alpha_{ij}$;
 # 4. show that the output is continuous when a point crosses the cutoff, and what breaks it;
 # 5. say why the softmax subtracts its largest score, and why a node without neighbours must give zeros, not NaN;
@@ -123,6 +133,32 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # than a plain inner product, and the output uses $\sqrt{\alpha_{ij}}$, for a reason measured below. The paper's layer
 # also adds a self-interaction of node $i$'s own features; here that is left to the surrounding network (chapter 8's
 # layer has a residual).
+
+# %% [markdown]
+# Who feeds whom, for one edge $j \to i$ (drawn by `tpconv_lite.diagrams.box_diagram`): the query comes from the
+# target alone, the key and the value from the source and the edge, and only the score, a scalar, meets the query.
+
+# %% tags=["hide-input"]
+box_diagram(
+    {
+        "fi": (0, 2.2, "$f_i$ (target)"),
+        "fj": (0, 0.4, "$f_j$ (source)"),
+        "r": (0, -1.4, "$r_{ij} = x_j - x_i$"),
+        "edge": (3.4, -1.4, "$Y(\\hat r_{ij})$, emb$(|r_{ij}|)$"),
+        "q": (3.4, 2.2, "$q_i$ = h_q$(f_i)$"),
+        "k": (6.8, 1.0, "$k_{ij}$ = tp_k$(f_j, Y; $fc_k$)$"),
+        "v": (6.8, -0.6, "$v_{ij}$ = tp_v$(f_j, Y; $fc_v$)$"),
+        "score": (10.2, 2.2, "dot$(q_i, k_{ij})$: 0e"),
+        "alpha": (13.6, 2.2, "$\\alpha_{ij}$ = edge_softmax"),
+        "out": (13.6, -0.6, "$f'_i = \\sum_j \\sqrt{\\alpha_{ij}}\\, v_{ij}$"),
+    },
+    [("fi", "q"), ("fj", "k"), ("fj", "v"), ("r", "edge"), ("edge", "k"), ("edge", "v"), ("q", "score"),
+     ("k", "score"), ("score", "alpha"), ("alpha", "out"), ("v", "out")],
+    width=2.9,
+    colors={"q": "#d9ead3", "k": "#cfe2f3", "v": "#fce5cd"},
+    title="Attention on the edges into node i",
+)
+plt.show()
 
 # %% [markdown]
 # ## Step by step, on a random graph
@@ -178,6 +214,21 @@ with default_dtype(torch.float64):
 q = h_q(f)  # (N, irreps_query.dim)
 print(h_q)
 print("q:", tuple(q.shape))
+
+# %% [markdown]
+# `o3.Linear` is the equivariant linear map that later chapters use everywhere (chapter 8's `lin_in`, `lin_out`,
+# `lin_self`). It connects each irrep of the input only to copies of *the same* irrep in the output, with one learned
+# matrix per irrep type that mixes the copies ($11 \times 10$ for the `0e`, $4 \times 5$ for the `1o`, shared by the
+# three components of each vector), and nothing between different irreps: a rotation acts the same way on every copy
+# of an irrep, so such a matrix commutes with it, whereas a map from `0e` to `1o` would have to pick a direction.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("weights of h_q:", h_q.weight.numel(), "= 10 x 11 + 5 x 4:", h_q.weight.numel() == 10 * 11 + 5 * 4)
+print(check_equivariance(h_q, [f], [irreps_input], irreps_query))
+vectors_only = torch.zeros_like(f)
+vectors_only[:, irreps_input.slices()[1]] = f[:, irreps_input.slices()[1]]
+print("no path from vectors to scalars:", bool((h_q(vectors_only)[:, irreps_query.slices()[0]] == 0).all()))
 
 # %% [markdown]
 # ### Radial embedding and cutoff weight, per edge
@@ -288,7 +339,7 @@ print("nodes with no incoming edge get zeros:", bool((f_out[~receiving] == 0).al
 # imported above.
 
 # %%
-# Package code: tpconv_lite.attention.edge_softmax
+# Package code: tpconv_lite.graph.edge_softmax
 def edge_softmax(logits: Tensor, index: Tensor, num_nodes: int, weight: Tensor | None = None) -> Tensor:
     """Softmax of the edge logits over the incoming edges of each target node.
 
@@ -468,14 +519,30 @@ class EquivariantAttention(nn.Module):
             raise ValueError(
                 f"edge_index must be a (2, E) long tensor, got {edge_index.dtype} of shape {tuple(edge_index.shape)}"
             )
+        alpha, v = self.weights_and_values(features, pos, edge_index)
+        return scatter(_sqrt_or_zero(alpha) * v, edge_index[1], dim=0, dim_size=n)
+
+    def weights_and_values(
+        self, features: Tensor, pos: Tensor, edge_index: Tensor, cutoff_weight: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The attention weights and the values of every edge, before the weighted sum that ends ``forward``.
+
+        Args:
+            features, pos, edge_index: as in ``forward`` (not checked again here).
+            cutoff_weight: multiply each exponential by the smooth cutoff; False leaves it out (an experiment of
+                chapter 6: the output then jumps when a point crosses ``max_radius``).
+
+        Returns:
+            ``alpha`` (E, 1), summing to 1 over the incoming edges of each target, and the values
+            ``v`` (E, irreps_output.dim).
+        """
         edge_src, edge_dst = edge_index
         edge_length_embedded, edge_weight_cutoff, edge_sh = self.edge_inputs(pos, edge_index)
-
-        q = self.h_q(features)
         k = self.tp_k(features[edge_src], edge_sh, self.fc_k(edge_length_embedded))
         v = self.tp_v(features[edge_src], edge_sh, self.fc_v(edge_length_embedded))
-        alpha = edge_softmax(self.dot(q[edge_dst], k), edge_dst, n, weight=edge_weight_cutoff)
-        return scatter(_sqrt_or_zero(alpha) * v, edge_dst, dim=0, dim_size=n)
+        weight = edge_weight_cutoff if cutoff_weight else None
+        alpha = edge_softmax(self.dot(self.h_q(features)[edge_dst], k), edge_dst, features.shape[0], weight=weight)
+        return alpha, v
 
     def edge_inputs(self, pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """What the layer computes from the geometry of each edge ``j -> i``, with ``r_ij = pos[j] - pos[i]``.
@@ -483,16 +550,14 @@ class EquivariantAttention(nn.Module):
         Returns:
             ``edge_length_embedded`` (E, number_of_basis), the smooth radial basis of ``|r_ij|`` scaled by
             ``sqrt(number_of_basis)``; ``edge_weight_cutoff`` (E,), which falls smoothly to 0 at ``max_radius``; and
-            ``edge_sh`` (E, irreps_sh.dim), the spherical harmonics of ``r_ij``.
+            ``edge_sh`` (E, irreps_sh.dim), the spherical harmonics of ``r_ij`` (from
+            :func:`~tpconv_lite.graph.edge_geometry`, which keeps the gradient finite at a zero-length edge).
         """
-        edge_src, edge_dst = edge_index
-        edge_vec = pos[edge_src] - pos[edge_dst]
-        edge_length = edge_vec.norm(dim=1)
+        _, edge_length, edge_sh = edge_geometry(pos, edge_index, self.irreps_sh)
         edge_length_embedded = soft_one_hot_linspace(
             edge_length, 0.0, self.max_radius, self.number_of_basis, basis="smooth_finite", cutoff=True
         ).mul(math.sqrt(self.number_of_basis))
         edge_weight_cutoff = soft_unit_step(10 * (1 - edge_length / self.max_radius))
-        edge_sh = o3.spherical_harmonics(self.irreps_sh, edge_vec, normalize=True, normalization="component")
         return edge_length_embedded, edge_weight_cutoff, edge_sh
 
 
@@ -518,29 +583,19 @@ with torch.no_grad():
     print("the chapter's class == the package's:", torch.equal(package_attention(f, pos, edge_index), out))
 
 # %% [markdown]
-# The later sections need to switch pieces off, so here is the layer's forward once more as a function, stopped before
-# its last line: it returns the weights $\alpha_{ij}$ and the values $v_{ij}$, and can leave out the cutoff weight.
-# The edge embedding, cutoff weight and harmonics come from `layer.edge_inputs`, the method `forward` uses too.
+# The later sections need to switch pieces off, so the layer also exposes its forward stopped before its last line:
+# `weights_and_values` returns the weights $\alpha_{ij}$ and the values $v_{ij}$, and can leave out the cutoff
+# weight. `forward` is that method followed by the weighted sum $\sum_j \sqrt{\alpha_{ij}}\, v_{ij}$; the edge
+# embedding, cutoff weight and harmonics inside it come from `edge_inputs`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-def weights_and_values(
-    layer: EquivariantAttention, f: Tensor, pos: Tensor, edge_index: Tensor, cutoff_weight: bool = True
-) -> tuple[Tensor, Tensor]:
-    """alpha (E, 1) and values (E, irreps_output.dim) of `layer`, optionally without the cutoff weight."""
-    edge_src, edge_dst = edge_index
-    embedded, weight, edge_sh = layer.edge_inputs(pos, edge_index)
-    weight = weight if cutoff_weight else None
-    k = layer.tp_k(f[edge_src], edge_sh, layer.fc_k(embedded))
-    v = layer.tp_v(f[edge_src], edge_sh, layer.fc_v(embedded))
-    alpha = edge_softmax(layer.dot(layer.h_q(f)[edge_dst], k), edge_dst, f.shape[0], weight=weight)
-    return alpha, v
-
-
 with torch.no_grad():
-    alpha_fn, v_fn = weights_and_values(attention, f, pos, edge_index)
-    by_function = scatter(alpha_fn.sqrt() * v_fn, edge_dst, dim=0, dim_size=n)
-print("sum_j sqrt(alpha_ij) v_ij == the module:", torch.allclose(by_function, out, rtol=1e-12, atol=1e-14))
+    alpha_fn, v_fn = attention.weights_and_values(f, pos, edge_index)
+    by_method = scatter(alpha_fn.sqrt() * v_fn, edge_dst, dim=0, dim_size=n)
+print("alpha:", tuple(alpha_fn.shape), "| values:", tuple(v_fn.shape))
+print("sum_j sqrt(alpha_ij) v_ij == the module:", torch.allclose(by_method, out, rtol=1e-12, atol=1e-14))
+print("alpha == the steps above:", torch.allclose(alpha_fn, alpha, rtol=1e-12, atol=1e-15))
 
 # %% [markdown]
 # ## Why $\sqrt{\alpha}$: the scale of the output
@@ -578,7 +633,7 @@ for trial in range(20):
     edge_index_t = radius_graph(pos_t, max_radius, batch)
     receiving_t = torch.bincount(edge_index_t[1], minlength=n) > 0
     with torch.no_grad():
-        alpha_t, v_t = weights_and_values(trial_layer, f_t, pos_t, edge_index_t)
+        alpha_t, v_t = trial_layer.weights_and_values(f_t, pos_t, edge_index_t)
     for name, c in [("sqrt(alpha)", alpha_t.sqrt()), ("alpha", alpha_t)]:
         outputs[name].append(scatter(c * v_t, edge_index_t[1], dim=0, dim_size=n)[receiving_t])
     values.append(v_t)
@@ -629,7 +684,7 @@ for trial in range(8):
     redraw(trial_layer, generator)
     f_s, pos_s, edge_index_s, centres = star_graphs(ns, num_stars, generator)
     with torch.no_grad():
-        alpha_s, v_s = weights_and_values(trial_layer, f_s, pos_s, edge_index_s)
+        alpha_s, v_s = trial_layer.weights_and_values(f_s, pos_s, edge_index_s)
     for name, c in [("sqrt(alpha)", alpha_s.sqrt()), ("alpha", alpha_s)]:
         centre_out = scatter(c * v_s, edge_index_s[1], dim=0, dim_size=f_s.shape[0])[centres.to(device)]
         for i, chunk in enumerate(centre_out.split(num_stars)):
@@ -655,17 +710,28 @@ plt.show()
 for name, stds in std_by_n.items():
     print(f"{name:12s}", "  ".join(f"n={k}: {s:.2f}" for k, s in zip(ns, stds)))
 
+# %%
+# NBVAL_IGNORE_OUTPUT
+ratio_sqrt = std_by_n["sqrt(alpha)"][ns.index(32)] / std_by_n["sqrt(alpha)"][ns.index(2)]
+ratio_alpha = std_by_n["alpha"][ns.index(32)] / std_by_n["alpha"][ns.index(2)]
+glue("ratio_sqrt", ratio_sqrt)
+glue("ratio_alpha", ratio_alpha)
+glue("drop_alpha", 100 * (1 - ratio_alpha), display=False)
+
 # %% [markdown]
-# With $\sqrt\alpha$ the scale barely moves from one neighbour to 32; with $\alpha$ it falls steadily, though more
-# slowly than $1/\sqrt n$, because the weights are not even (the cutoff weight and the scores favour some edges,
-# and $\sum_j \alpha_{ij}^2$ lies between $1/n$ and 1). With one neighbour the two agree: $\alpha = 1$.
+# With $\sqrt\alpha$ the scale barely moves: from two neighbours to 32, the standard deviation changes by a factor
+# {glue:text}`ratio_sqrt:.2f`. With $\alpha$ it falls steadily, by {glue:text}`drop_alpha:.0f`% over the same range
+# (a factor {glue:text}`ratio_alpha:.2f`), though more slowly than $1/\sqrt n$, because the weights are not even
+# (the cutoff weight and the scores favour some edges, and $\sum_j \alpha_{ij}^2$ lies between $1/n$ and 1). With one
+# neighbour the two are the same curve by construction ($\alpha = 1$), so $n = 1$ tests nothing; the checks compare
+# $n = 32$ with $n = 2$, with bounds that leave room for the spread over initialisations.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("std with sqrt(alpha) within [0.5, 2] for every n:", all(0.5 <= s <= 2 for s in std_by_n["sqrt(alpha)"]))
-shrinks = all(a > b for a, b in zip(std_by_n["alpha"], std_by_n["alpha"][1:]))
-print("std with alpha shrinks with n:", shrinks)
-print("n=1: the two agree:", math.isclose(std_by_n["alpha"][0], std_by_n["sqrt(alpha)"][0], rel_tol=1e-12))
+print("sqrt(alpha): std(n=32) / std(n=2) within [0.8, 1.25]:", 0.8 <= ratio_sqrt <= 1.25)
+print("alpha: std drops by more than 30% from n=2 to n=32:", ratio_alpha < 0.7)
+shrinks = all(a > b for a, b in zip(std_by_n["alpha"][1:], std_by_n["alpha"][2:]))
+print("std with alpha shrinks with n from n=2 on:", shrinks)
 
 # %% [markdown]
 # ## Smooth across the cutoff
@@ -697,7 +763,7 @@ curves = {}
 with torch.no_grad():
     f_m, pos_m, edge_index_m = moving_node(distance)
     for cutoff_weight in (True, False):
-        alpha_m, v_m = weights_and_values(attention, f_m, pos_m, edge_index_m, cutoff_weight=cutoff_weight)
+        alpha_m, v_m = attention.weights_and_values(f_m, pos_m, edge_index_m, cutoff_weight=cutoff_weight)
         curves[cutoff_weight] = scatter(alpha_m.sqrt() * v_m, edge_index_m[1], dim=0, dim_size=f_m.shape[0])[0::3, 0]
 
 fig, ax = plt.subplots(figsize=(5.5, 3.4))
@@ -725,7 +791,7 @@ with torch.no_grad():
     print("edges just inside / just outside:", int((edge_index_c[1] < 3).sum()), "/", int((edge_index_c[1] >= 3).sum()))
     inside, outside = attention(f_c, pos_c, edge_index_c).split(3)
     print("with the cutoff weight, no jump:", torch.allclose(inside, outside, rtol=0, atol=1e-12))
-    alpha_c, v_c = weights_and_values(attention, f_c, pos_c, edge_index_c, cutoff_weight=False)
+    alpha_c, v_c = attention.weights_and_values(f_c, pos_c, edge_index_c, cutoff_weight=False)
     inside, outside = scatter(alpha_c.sqrt() * v_c, edge_index_c[1], dim=0, dim_size=6).split(3)
     print("without it, node 0 jumps by more than 1e-3:", bool((inside[0] - outside[0]).abs().max() > 1e-3))
     edge_2_to_0 = (edge_index_c[0] == 2) & (edge_index_c[1] == 0)
@@ -833,8 +899,8 @@ print("gradients finite:", bool(torch.isfinite(f_g.grad).all() and torch.isfinit
 # ## Equivariance
 #
 # Queries, keys and values are equivariant, the score is invariant, so the weights $\alpha_{ij}$ are invariant and
-# the output turns like the values. The checker confirms it for the chapter's layer, the package's, and the
-# step-by-step function, under random rotations, rotations with inversion and translations (all modules were built
+# the output turns like the values. The checker confirms it for the chapter's layer, the package's, and the weights
+# of `weights_and_values`, under random rotations, rotations with inversion and translations (all modules were built
 # under the float64 default, so the tolerance is float64's):
 
 # %%
@@ -847,7 +913,7 @@ reports = {
     "EquivariantAttention (chapter)": check_equivariance(attention, inputs, kinds_in, irreps_output),
     "EquivariantAttention (package)": check_equivariance(package_attention, inputs, kinds_in, irreps_output),
     "weights_and_values: alpha": check_equivariance(
-        lambda *args: weights_and_values(attention, *args)[0], inputs, kinds_in, "0e"
+        lambda *args: attention.weights_and_values(*args)[0], inputs, kinds_in, "0e"
     ),
 }
 for name, report in reports.items():
@@ -935,8 +1001,8 @@ with torch.no_grad():
     no_keys.fc_k.layer1.weight.zero_()
     w = soft_unit_step(10 * (1 - edge_length / max_radius))
     alpha_w = (w / scatter(w, edge_dst, dim=0, dim_size=n)[edge_dst])[:, None]
-    _, v_w = weights_and_values(no_keys, f, pos, edge_index)
-    print("alpha = w / sum w:", torch.allclose(weights_and_values(no_keys, f, pos, edge_index)[0], alpha_w, atol=1e-14))
+    _, v_w = no_keys.weights_and_values(f, pos, edge_index)
+    print("alpha = w / sum w:", torch.allclose(no_keys.weights_and_values(f, pos, edge_index)[0], alpha_w, atol=1e-14))
     expected = scatter(alpha_w.sqrt() * v_w, edge_dst, dim=0, dim_size=n)
     print("f' = sum sqrt(w / W) v:", torch.allclose(no_keys(f, pos, edge_index), expected, atol=1e-12))
 
@@ -955,7 +1021,7 @@ results = {}
 for scale in (1.0, 10.0):
     with torch.no_grad():
         trial_layer.dot.weight.mul_(scale)
-        alpha_e, v_e = weights_and_values(trial_layer, f_e, pos_e, edge_index_e)
+        alpha_e, v_e = trial_layer.weights_and_values(f_e, pos_e, edge_index_e)
         trial_layer.dot.weight.div_(scale)
     n_eff = 1 / scatter(alpha_e.square(), edge_index_e[1], dim=0, dim_size=f_e.shape[0])[centres_e.to(device)]
     stds = [scatter(c * v_e, edge_index_e[1], dim=0, dim_size=f_e.shape[0])[centres_e.to(device)].std().item()

@@ -65,6 +65,7 @@ import functools
 import itertools
 import math
 import time
+from pathlib import Path
 
 import e3nn
 import matplotlib.pyplot as plt
@@ -75,9 +76,18 @@ from sympy.physics.wigner import wigner_6j  # sympy comes with torch
 from torch import Tensor, nn
 
 import tpconv_lite
-from tpconv_lite.fused import TRUNCATED_NORMAL_STD, Layout, _matrix_basis_on, e3x_irreps, e3x_to_irreps, irreps_to_e3x
+from tpconv_lite import bench
+from tpconv_lite.fused import TRUNCATED_NORMAL_STD, Layout, e3x_irreps, e3x_to_irreps, irreps_to_e3x
 from tpconv_lite.irreps import irreps_to_rs
 from tpconv_lite.testing import check_equivariance, default_dtype, random_o3, wigner_D
+
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
@@ -144,6 +154,16 @@ def _matrix_basis(matrix_degree: int, max_degree: int) -> Tensor:
         for l in range(max_degree + 1)
     ]
     return torch.cat(blocks)
+
+
+# %% [markdown]
+# and keeps one copy on each device and dtype it is asked for:
+
+# %%
+# Package code: tpconv_lite.fused._matrix_basis_on
+@functools.lru_cache(maxsize=None)
+def _matrix_basis_on(matrix_degree: int, max_degree: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return _matrix_basis(matrix_degree, max_degree).to(device=device, dtype=dtype)
 
 
 # %%
@@ -615,9 +635,9 @@ class FusedTensorProduct(nn.Module):
 
 
 # %% [markdown]
-# (`_matrix_basis_on` is the cached `_matrix_basis` on the input's device and dtype; `TRUNCATED_NORMAL_STD` is the
-# standard deviation of a standard normal truncated to $(-2, 2)$, as in e3x's initialiser.) Built from the same
-# seed, the chapter's class and the package's have the same weights and give the same output, in both layouts:
+# (`_matrix_basis_on`, defined above, is the cached `_matrix_basis` on the input's device and dtype;
+# `TRUNCATED_NORMAL_STD` is the standard deviation of a standard normal truncated to $(-2, 2)$, as in e3x's
+# initialiser.) Built from the same seed, the chapter's class and the package's have the same weights and give the same output, in both layouts:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -909,12 +929,22 @@ for max_degree in range(1, 9):
     full, fused = multiply_adds(max_degree)
     print(f"L={max_degree}: full {full:>7}, fused {fused:>6}, ratio {full / fused:5.1f}")
 
+# %%
+count_ratio = {l: multiply_adds(l)[0] / multiply_adds(l)[1] for l in range(1, 9)}
+glue("count_first_ahead", min(l for l, r in count_ratio.items() if r > 1), display=False)
+glue("count_ratio_8", count_ratio[8], display=False)
+
 # %% [markdown]
-# In this count the fused product is ahead from $L = 2$ and about 30 times cheaper at $L = 8$, with the slopes
+# In this count the fused product is ahead from $L =$ {glue:text}`count_first_ahead` and
+# {glue:text}`count_ratio_8:.0f` times cheaper at $L = 8$, with the slopes
 # $L^6$ and $L^4$ taking over only slowly. Measured times also pay for memory traffic and Python overhead (e3nn runs
-# one small contraction per path), so let us measure: $F = 8$ features, a batch of 256, on one CPU thread, the
-# forward pass alone and forward plus backward (gradients for the inputs and the weights). Each time is the best of a
-# few calls after a warm-up call.
+# one small contraction per path), so let us measure: $F = 8$ features, a batch of 256, both parities ($P = 2$: an
+# even and an odd copy of every degree, so four parity pairs per path), on one CPU thread, the forward pass alone and
+# forward plus backward (gradients for the inputs and the weights). Chapter 10's benchmark times another setting,
+# tensors of one parity only ($P = 1$), where the full product has a quarter of the paths: the two chapters' ratios
+# differ for that reason. Both use the book's timer, `bench.time_side_by_side`: the two products run alternately,
+# after a warm-up call, and each time is the fastest of a few calls; forward plus backward is
+# `bench.forward_backward`, the training step of chapters 8 and 10.
 #
 # Honest sizing: e3nn *builds* a full product by generating and optimising code for each path, which takes seconds
 # above $L = 6$ (1040 and 1476 paths at $L = 7, 8$), and one forward pass there takes about half a second. To keep
@@ -923,19 +953,9 @@ for max_degree in range(1, 9):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-def best_time(fn, repeats: int) -> float:
-    """Seconds per call of ``fn``: the best of ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 F, batch, degrees, full_max_degree = 8, 256, range(1, 9), 6
 times = {name: {} for name in ["fused fwd", "full fwd", "fused fwd+bwd", "full fwd+bwd"]}
+cpu = torch.device("cpu")
 threads = torch.get_num_threads()
 torch.set_num_threads(1)
 try:
@@ -943,19 +963,24 @@ try:
         fused = FusedTensorProduct(F, max_degree, max_degree, layout="irreps")
         x = torch.randn(batch, fused.irreps_in1.dim, requires_grad=True)
         y = torch.randn(batch, fused.irreps_in2.dim, requires_grad=True)
+        projection = torch.randn(batch, fused.irreps_out.dim)
         modules = {"fused": fused}
         if max_degree <= full_max_degree:
             start = time.perf_counter()
             modules["full"] = full_tensor_product(F, max_degree)
             print(f"L={max_degree}: building the full product took {time.perf_counter() - start:.2f} s")
-        for name, tp in modules.items():
-            repeats = 10 if name == "fused" else 5 if max_degree <= 4 else 2
-            with torch.no_grad():
-                times[f"{name} fwd"][max_degree] = best_time(lambda: tp(x, y), repeats)
-            times[f"{name} fwd+bwd"][max_degree] = best_time(lambda: tp(x, y).pow(2).sum().backward(), repeats)
+        repeats = 5 if max_degree <= 4 else 3
+        with torch.no_grad():
+            forward = {name: functools.partial(tp, x, y) for name, tp in modules.items()}
+            timed = bench.time_side_by_side(forward, 1, repeats, cpu)
+        steps = {name: functools.partial(bench.forward_backward, tp, [x, y], projection)
+                 for name, tp in modules.items()}
+        timed_steps = bench.time_side_by_side(steps, 1, repeats, cpu)
+        for name in modules:
+            times[f"{name} fwd"][max_degree] = timed[name]["min"]
+            times[f"{name} fwd+bwd"][max_degree] = timed_steps[name]["min"]
 finally:
     torch.set_num_threads(threads)
-
 
 
 def columns(kind: str, max_degree: int) -> str:
@@ -996,17 +1021,33 @@ ax.set_title("Fused vs full tensor product on this CPU")
 ax.legend(fontsize=8)
 plt.show()
 
+def slope_of(name: str) -> float:
+    """Least-squares slope of log time against log L, over L >= 3."""
+    ls = [l for l in times[name] if l >= 3]
+    return float(np.polyfit(np.log(ls), np.log([times[name][l] for l in ls]), 1)[0])
+
+
 for name, measured in times.items():
     ls = [l for l in measured if l >= 3]
-    slope = np.polyfit(np.log(ls), np.log([measured[l] for l in ls]), 1)[0]
-    print(f"{name}: fitted slope over L = {ls[0]}..{ls[-1]}: {slope:.1f}")
+    print(f"{name}: fitted slope over L = {ls[0]}..{ls[-1]}: {slope_of(name):.1f}")
 faster = [l for l in times["full fwd"] if times["fused fwd"][l] < times["full fwd"][l]]
 print("fused forward faster than full at L =", faster)
+glue("fused_first_faster", faster[0] if faster else "none", display=False)
+glue("fused_ratio_6", times["full fwd"][6] / times["fused fwd"][6], display=False)
+glue("fused_slope_fwd", slope_of("fused fwd"), display=False)
+glue("full_slope_fwd", slope_of("full fwd"), display=False)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("fused forward faster than full at every L from 3 to 6:", all(l in faster for l in range(3, 7)))
+print("fused forward more than 5 times faster at L = 6:", times["full fwd"][6] / times["fused fwd"][6] > 5)
+print("fitted slopes below the asymptotic 4 and 6:", slope_of("fused fwd") < 4 and slope_of("full fwd") < 6)
 
 # %% [markdown]
-# What to read from it (your numbers will differ; these are the trends on the CPU this chapter was written on). The
-# fused product wins from small degrees on, here from $L = 2$ and by more than an order of magnitude at $L = 6$. The
-# fitted slopes are well below 4 and 6: at these sizes neither product is in its asymptotic regime, and fixed costs
+# What to read from it (your numbers will differ; these are the trends on the CPU that built this page). The fused
+# product wins from small degrees on: here its forward pass is faster from $L =$ {glue:text}`fused_first_faster`,
+# and {glue:text}`fused_ratio_6:.0f` times faster at $L = 6$. The fitted slopes,
+# {glue:text}`fused_slope_fwd:.1f` (fused) and {glue:text}`full_slope_fwd:.1f` (full), are well below 4 and 6: at these sizes neither product is in its asymptotic regime, and fixed costs
 # per call and per path weigh a lot (the multiply-add counts above do not follow their slopes yet either). On GPUs
 # and TPUs the picture shifts: e3x's documentation finds its `Tensor` usually faster there for $L \le 4$, thanks to
 # its simpler implementation, and `FusedTensor` often much faster for $L > 4$, or on CPUs. Other routes to cheaper
@@ -1017,14 +1058,34 @@ print("fused forward faster than full at L =", faster)
 # %% [markdown]
 # ## Cross-checked against e3x
 #
-# The package's test suite holds an optional test, `tests/test_fused_e3x.py`, that runs e3x itself (JAX, not a
-# dependency of the book, so it is skipped unless jax and e3x are importable). It computes the change of basis
-# between the two libraries' real spherical harmonics from their values at random points, checks that it is the
-# identity for $l \le 1$ and not a permutation beyond, checks that e3x's Clebsch-Gordan coefficients in e3nn's basis
-# are $\sqrt{2 l_3 + 1}$ `o3.wigner_3j`, and then copies the kernels of an initialised `e3x.nn.FusedTensor` into
-# `FusedTensorProduct` and compares the outputs for six settings, one with the vanishing $3 \otimes 5 \to 5$ path.
-# With e3x 1.0.2 all 8 tests pass; in float64 the outputs (of size about 5) agree to within $3 \cdot 10^{-14}$. To
-# run it without touching the project's environment:
+# Everything above was derived from the formulas. Does it give e3x's numbers? e3x runs on JAX, which is not a
+# dependency of the book, so the package ships the answer: `tpconv_lite/assets/e3x_fused.npz` holds inputs, the
+# kernels of an initialised `e3x.nn.FusedTensor` and its outputs, for three settings (one with the vanishing
+# $3 \otimes 5 \to 5$ path), written by `tests/make_e3x_reference.py` in a separate environment with jax and e3x
+# (the command is in the script and in `tpconv_lite/assets/README.md`). Inputs and outputs are stored in e3nn's
+# basis of spherical harmonics; e3x's real harmonics differ from e3nn's by a rotation within each degree $l \ge 2$,
+# which the script applies both ways. Copying the kernels into `FusedTensorProduct`, by their e3x names, must give
+# the stored outputs:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+e3x_reference = np.load(Path(tpconv_lite.__file__).parent / "assets" / "e3x_fused.npz")
+print("made with jax {}, e3x {}".format(*e3x_reference["versions"]))
+for i, (p1, p2, l1, l2, l3, pseudo) in enumerate(e3x_reference["cases"].tolist()):
+    tp = FusedTensorProduct(4, l1, l2, l3, p1, p2, bool(pseudo)).double()
+    with torch.no_grad():
+        for name, parameter in tp.named_parameters():
+            parameter.copy_(torch.from_numpy(e3x_reference[f"case{i}__kernel__{name}"]))
+        ours = tp(*(torch.from_numpy(e3x_reference[f"case{i}__{k}"]) for k in ("x", "y")))
+    expected = torch.from_numpy(e3x_reference[f"case{i}__output"])
+    agree = ours.shape == expected.shape and bool(((ours - expected).abs().max() < 1e-12 * expected.abs().max()))
+    print(f"P={p1},{p2} L={l1},{l2}->{l3} pseudotensors={bool(pseudo)}: same output as e3x (1e-12 relative):", agree)
+
+# %% [markdown]
+# The package's test suite goes further with e3x itself, in `tests/test_fused_e3x.py` (skipped unless jax and e3x
+# are importable): it checks that the change of basis is the identity for $l \le 1$ and not a permutation beyond,
+# that e3x's Clebsch-Gordan coefficients in e3nn's basis are $\sqrt{2 l_3 + 1}$ `o3.wigner_3j`, and compares six
+# settings. To run it without touching the project's environment:
 #
 # ```bash
 # pip install --target /tmp/e3x-site jax e3x

@@ -63,9 +63,10 @@ if "google.colab" in sys.modules:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-import time
+import functools
 
 import e3nn
+import matplotlib.pyplot as plt
 import torch
 from e3nn import o3
 from e3nn.nn import BatchNorm
@@ -73,10 +74,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import tpconv_lite
-from tpconv_lite.attention import edge_softmax
-from tpconv_lite.graph import scatter
+from tpconv_lite import bench
+from tpconv_lite.diagrams import box_diagram
+from tpconv_lite.graph import edge_softmax, scatter
 from tpconv_lite.radial import GaussianSmearing
 from tpconv_lite.testing import check_equivariance, default_dtype
+
+try:
+    from myst_nb import glue  # numbers quoted in the text are glued from the outputs of cells
+except ImportError:  # e.g. in Colab, where there is no book to glue them into
+
+    def glue(name: str, value: object, display: bool = True) -> None:
+        if display:
+            print(value)
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 torch.manual_seed(0)
@@ -130,6 +140,30 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # `lin_self`, a deeper MLP, attention and checkpointing. (DiffDock's layer also sends its messages the other way,
 # from `edge_index[1]` to `edge_index[0]`; EigenFold's, and this book's, go from row 0 to row 1.)
 #
+# As a block diagram (drawn by `tpconv_lite.diagrams.box_diagram`), the steps that the sections below build one by one:
+
+# %% tags=["hide-input"]
+box_diagram(
+    {
+        "f": (2.3, 0.9, "node features $f$"),
+        "lin_in": (0, -1.1, "lin_in: $L_\\mathrm{in} f$"),
+        "tp": (0, -2.2, "TP$(L_\\mathrm{in} f_j,\\ Y(\\hat r_{ij});\\ \\mathrm{fc}(e_{ij}))$ per edge"),
+        "reduce": (0, -3.3, "mean over $j$, or attention"),
+        "lin_out": (0, -4.4, "lin_out"),
+        "add": (0, -5.5, "+"),
+        "skip": (4.6, -5.5, "$f \\oplus 0$ or lin_self$(f)$"),
+        "bn": (0, -6.6, "batch norm (optional)"),
+        "out": (0, -7.7, "$f'$"),
+    },
+    [("f", "lin_in"), ("lin_in", "tp"), ("tp", "reduce"), ("reduce", "lin_out"), ("lin_out", "add"),
+     ("f", "skip", "residual"), ("skip", "add"), ("add", "bn"), ("bn", "out")],
+    width=4.0,
+    colors={"tp": "#cfe2f3", "reduce": "#cfe2f3", "skip": "#fce5cd"},
+    title="TensorProductConvLayer",
+)
+plt.show()
+
+# %% [markdown]
 # ## A test graph
 #
 # A toy protein chain: twelve "residues" on a random walk with 3.8 Å steps (the distance between neighbouring
@@ -209,8 +243,19 @@ for ins in tp.instructions:
 print("weights per edge:", tp.weight_numel, "| parameters of tp:", sum(p.numel() for p in tp.parameters()))
 
 # %% [markdown]
-# Two products are missing: `0e x 2e -> 2e` and `1o x 1o -> 2e` have no `2e` output to go to.
-#
+# Not every product of an input irrep with a harmonic has a path: those whose result is not among the output irreps
+# are left out. They are:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+missing = [
+    f"{ir1} x {ir2} -> {ir3}"
+    for _, ir1 in tp.irreps_in1 for _, ir2 in tp.irreps_in2 for ir3 in ir1 * ir2
+    if ir3 not in [ir for _, ir in tp.irreps_out]
+]  # fmt: skip
+print(len(missing), "products without an output:", ", ".join(missing))
+
+# %% [markdown]
 # ## Step 4: `fc`, the MLP that gives each edge its weights
 #
 # Chapter 4 computed the weights from the distance with a radial network. Here an MLP, `fc`, computes them from a
@@ -235,8 +280,10 @@ print("edge_attr:", tuple(edge_attr.shape), "-> edge weights:", tuple(edge_weigh
 # %% [markdown]
 # The node scalars inside $e_{ij}$ matter more than they seem. Everything else in the layer is linear in the node
 # features: `lin_in`, the tensor product (for fixed weights), the mean, `lin_out`, the residual. Through $e_{ij}$ the
-# features also set the weights, through a ReLU MLP: this is the layer's only nonlinearity, in place of the gates of
-# chapter 5. We will check it on the finished layer.
+# features also set the weights, through a ReLU MLP: in the layer as EigenFold's score model uses it, this is its only
+# nonlinearity, in place of the gates of chapter 5. Two options add others: `attention=True` (a softmax of scores
+# that depend on the features) and a batch norm in training mode (it divides by statistics of the batch; in
+# evaluation mode it is affine). We will check it on the finished layer.
 #
 # ## Step 5: one message per edge, and their mean at each target
 #
@@ -713,8 +760,8 @@ from tpconv_lite import TensorProductConvLayer
 # A model trained with EigenFold's code saves a `state_dict` whose keys are the attribute names of its layers. The
 # package's layer registers the same e3nn modules under the same names, so it loads such a file as it is. To check,
 # here is the original layer, written out with its structure and names. The package keeps this transcription as
-# `tpconv_lite.bench.ReferenceLayer`, the contender that chapter 10's benchmark times ours against. The only changes:
-# the scatters go through `tpconv_lite.graph.scatter` (torch_scatter's, as in the original, when it is installed),
+# `tpconv_lite.reference.ReferenceLayer`, the contender that chapter 10's benchmark times ours against. The only
+# changes: the scatters go through `tpconv_lite.graph.scatter` (torch_scatter's, as in the original, when it is installed),
 # and the checkpoint names `use_reentrant=True`, the default of the torch versions the original was written for:
 
 # %%
@@ -722,7 +769,7 @@ from tpconv_lite import graph
 
 
 # %%
-# Package code: tpconv_lite.bench.ReferenceLayer
+# Package code: tpconv_lite.reference.ReferenceLayer
 class ReferenceLayer(nn.Module):
     """EigenFold's TensorProductConvLayer (``model/resi_score_model.py``), transcribed with its quirks.
 
@@ -953,7 +1000,6 @@ print(f"{'all':5s} {'':38s} {count(stack):6d} | {'':15s} {count(stack_attention)
 print(f"share of the parameters in fc: {sum(count(layer.fc) for layer in stack) / count(stack):.0%}")
 
 # %%
-import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(7, 3.2))
 bottom = torch.zeros(len(stack_attention))
@@ -1191,53 +1237,14 @@ print("attention: the same output for every reduce:", all(torch.allclose(by_redu
 # To measure, a float32 stack on a complete graph of 64 residues (4032 edges), one training step (forward and
 # backward) at a time, with `checkpointing` off and on. On a GPU, `torch.cuda.max_memory_allocated` gives the peak.
 # On a CPU, the PyTorch profiler with `profile_memory=True` records every allocation and release of tensor memory with
-# its size; their running sum is the memory held by tensors, and its maximum is the peak of the step:
+# its size; their running sum is the memory held by tensors, and its maximum is the peak of the step. The package's
+# `bench.memory_use` measures it that way, and `bench.time_side_by_side` times contenders run alternately after a
+# warm-up: the book's one memory meter and one timer, which chapter 10's benchmark uses too.
 
 # %%
 import os
 
-from torch.profiler import ProfilerActivity, profile
-
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keeps the profiler from printing a line at each start and stop
-
-
-def peak_memory(step) -> int:
-    """Bytes: the most tensor memory held at once while step() runs, beyond what was held before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    held = torch.tensor([e.nbytes() for e in events]).cumsum(dim=0)  # allocations count +, releases -
-    return max(0, int(held.max()))
-
-
-def best_time(step, repeat: int = 3) -> float:
-    """Seconds: the fastest of `repeat` calls of step(), after one call to warm up.
-
-    On a GPU, wall time. On a CPU, the CPU time of one thread, which other programs running on the machine do not
-    inflate (wall time on a busy machine measures them too).
-    """
-    threads = torch.get_num_threads()
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    times = []
-    for _ in range(repeat + 1):
-        start = clock()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(clock() - start)
-    torch.set_num_threads(threads)
-    return min(times[1:])
-
 
 # %% [markdown]
 # The graph, and one training step of a stack:
@@ -1286,26 +1293,45 @@ print("checkpointing on and off: outputs and gradients the same:",
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+def step_with(layers: nn.ModuleList, checkpointing: bool) -> None:
+    for layer in layers:
+        layer.checkpointing = checkpointing
+    training_step(layers)
+    layers.zero_grad(set_to_none=True)
+
+
 measured = {}
 for num_layers, layers in stacks.items():
+    contenders = {str(on): functools.partial(step_with, layers, on) for on in (False, True)}
+    seconds = bench.time_side_by_side(contenders, warmup=1, repeats=3, device=device)
     for checkpointing in (False, True):
-        for layer in layers:
-            layer.checkpointing = checkpointing
-        seconds = best_time(lambda: training_step(layers))
-        layers.zero_grad(set_to_none=True)
-        measured[num_layers, checkpointing] = (peak_memory(lambda: training_step(layers)), seconds)
+        peak = bench.memory_use(contenders[str(checkpointing)], device)[0]
+        measured[num_layers, checkpointing] = (peak, seconds[str(checkpointing)]["min"])
 print(f"{'layers':>6s} {'checkpointing':>13s} {'peak memory (MiB)':>18s} {'time per step (ms)':>19s}")
 for (num_layers, checkpointing), (peak, seconds) in measured.items():
     print(f"{num_layers:6d} {checkpointing!s:>13s} {peak / 2**20:18.1f} {1000 * seconds:19.0f}")
+peak_ratio = {k: measured[k, False][0] / measured[k, True][0] for k in stacks}
+time_ratio = {k: measured[k, True][1] / measured[k, False][1] for k in stacks}
 for num_layers in stacks:
-    (peak_off, time_off), (peak_on, time_on) = measured[num_layers, False], measured[num_layers, True]
-    print(f"{num_layers} layer(s): checkpointing divides the peak by {peak_off / peak_on:.1f} "
-          f"and multiplies the time by {time_on / time_off:.1f}")
+    print(f"{num_layers} layer(s): checkpointing divides the peak by {peak_ratio[num_layers]:.1f} "
+          f"and multiplies the time by {time_ratio[num_layers]:.1f}")
+glue("peak_ratio_1", peak_ratio[1], display=False)
+glue("peak_ratio_4", peak_ratio[4], display=False)
+glue("time_ratio_4", time_ratio[4], display=False)
 
 # %% [markdown]
-# Expect the same peak for one layer, and for four a peak lower by a factor of 1.5 to 2.5; the step gets slower,
-# typically by a factor of 1.2 to 2, since the message passing runs twice. Four layers do not divide the peak by
-# four: the layers differ in size (the peak with checkpointing is set by the largest), the backward pass needs
+# On the machine that built this page, checkpointing divides the peak of one layer by {glue:text}`peak_ratio_1:.1f`
+# (no gain) and that of four by {glue:text}`peak_ratio_4:.1f`, and makes the four-layer step
+# {glue:text}`time_ratio_4:.1f` times as long (wall time of the fastest of three runs; on a busy machine that ratio
+# moves from run to run). The memory claims, with bounds that leave room for the allocators of CPU and GPU:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("one layer: about the same peak (ratio within [0.8, 1.25]):", 0.8 <= peak_ratio[1] <= 1.25)
+print("four layers: checkpointing lowers the peak by more than a third:", peak_ratio[4] > 1.5)
+
+# %% [markdown]
+# The step gets slower since the message passing runs twice. Four layers do not divide the peak by four: the layers differ in size (the peak with checkpointing is set by the largest), the backward pass needs
 # room for its own gradients, and what each layer keeps outside its checkpoint, its `(E, 3 ns)` edge features,
 # also grows with the number of edges.
 #
