@@ -418,7 +418,7 @@ from torch import Tensor
 
 
 # %%
-# Package code: tpconv_lite.testing.default_dtype
+# Package code: tpconv_lite.rotations.default_dtype
 @contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Set torch's default dtype inside a ``with`` block, and restore it after.
@@ -436,7 +436,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 # %%
-# Package code: tpconv_lite.testing.wigner_D
+# Package code: tpconv_lite.rotations.wigner_D
 def wigner_D(irreps: o3.Irreps | str, rotation: Tensor) -> Tensor:
     """The matrix by which ``rotation`` (3, 3), proper or improper, acts on features of ``irreps``.
 

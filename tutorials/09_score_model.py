@@ -76,7 +76,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import tpconv_lite
-from tpconv_lite import ca_dihedrals, handedness
 from tpconv_lite.diffusion import (
     chain_features,
     ideal_helix,

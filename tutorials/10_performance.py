@@ -106,7 +106,7 @@ except ImportError:  # e.g. in Colab, where there is no book to glue them into
 #
 # The benchmark times the score model's default layer (EigenFold's defaults, kept in `bench.DEFAULT_LAYER`) on
 # *dense* residue graphs: every ordered pair of $N$ residues is an edge, $E = N(N-1)$. Two contenders hold the same
-# weights: `bench.ReferenceLayer`, the original layer transcribed with its quirks, and the package's
+# weights: `reference.ReferenceLayer`, the original layer transcribed with its quirks, and the package's
 # `TensorProductConvLayer`, loaded with the reference's `state_dict` by `bench.default_layers`.
 
 # %%
