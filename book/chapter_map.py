@@ -7,21 +7,22 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 CHAPTERS = {  # number: (title, what the reader builds, column, row)
     1: ("Rs lists → Irreps", "irreps, D(R), the checker", 0, 0),
-    2: ("Radial bases", "R(r): bases + MLP", 1, 1),
+    2: ("Radial bases", "ρ(r): bases + MLP", 1, 1),
     3: ("Spherical harmonics\n& tensor products", "Y(r̂), Clebsch-Gordan", 1, -1),
-    4: ("Benzene convolution", "Σ R(r) Y(r̂) ⊗ f", 2, 0),
+    4: ("Benzene convolution", "Σ ρ(r) Y(r̂) ⊗ f", 2, 0),
     5: ("Nonlinearities", "gates, norm activations", 3, 1),
     6: ("Attention", "softmax over edges, √α", 3, -1),
     7: ("Fused tensor product", "e3x's matrix trick", 3, -2.6),
     8: ("TensorProduct-\nConvLayer", "EigenFold / DiffDock layer", 4, 0),
     9: ("Score model", "toy proteins, chirality", 5, 0.8),
     10: ("Performance", "2x faster, measured", 5, -1.4),
+    11: ("Harmonic diffusion", "real chains, polymer prior", 6, 0.8),
 }
-EDGES = [(1, 2), (1, 3), (2, 4), (3, 4), (4, 5), (4, 6), (3, 7), (5, 8), (6, 8), (8, 9), (8, 10), (7, 10)]
+EDGES = [(1, 2), (1, 3), (2, 4), (3, 4), (4, 5), (4, 6), (3, 7), (5, 8), (6, 8), (8, 9), (8, 10), (7, 10), (9, 11)]
 COLOURS = {1: "#dbe9f6", 2: "#dbe9f6", 3: "#dbe9f6", 4: "#dbe9f6", 5: "#dbe9f6",
-           6: "#fde7c8", 7: "#fde7c8", 8: "#fde7c8", 9: "#d9f0d3", 10: "#d9f0d3"}
+           6: "#fde7c8", 7: "#fde7c8", 8: "#fde7c8", 9: "#d9f0d3", 10: "#d9f0d3", 11: "#d9f0d3"}
 
-fig, ax = plt.subplots(figsize=(14, 5.2))
+fig, ax = plt.subplots(figsize=(16.5, 5.2))
 width, height = 2.25, 1.15
 for n, (title, built, col, row) in CHAPTERS.items():
     x, y = col * 2.7, row * 1.45
@@ -36,7 +37,7 @@ for a, b in EDGES:
 for label, colour in [("building blocks", "#dbe9f6"), ("layers", "#fde7c8"), ("models and speed", "#d9f0d3")]:
     ax.scatter([], [], marker="s", s=120, color=colour, edgecolors="#444444", label=label)
 ax.legend(loc="upper left", frameon=False, fontsize=9)
-ax.set_xlim(-1.4, 14.9)
+ax.set_xlim(-1.4, 17.6)
 ax.set_ylim(-4.5, 2.4)
 ax.set_axis_off()
 ax.set_title("The learning path: each chapter builds on the ones its arrows come from", fontsize=11)
