@@ -113,10 +113,12 @@ class EdgeLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
+        """(a, b) -> (b, a), contiguous."""
         return x.T.contiguous()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
+        """(b, a) -> (a, b), contiguous: the gradient of ``forward``."""
         return grad.T.contiguous()
 
 
