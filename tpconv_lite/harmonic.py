@@ -275,10 +275,10 @@ class HarmonicSDE:
         return (3 * self.eigens(t)[..., self.l :].mean(dim=-1)).sqrt()
 
     def KL_H(self, t: float | Tensor) -> Tensor:
-        """KL divergence from the kernel at ``t`` (started at a point) to the prior, non-centre modes.
+        """KL divergence to the prior of the kernel at ``t`` started at ``x(0) = 0``, over the non-centre modes.
 
-        ``-3/2 sum_j (log(1 - exp(-D_j t)) + exp(-D_j t))``: the entropy still missing at time ``t``. It falls
-        from infinity at ``t = 0`` to 0 as ``t`` grows.
+        ``-3/2 sum_j (log(1 - exp(-D_j t)) + exp(-D_j t))``; it falls from infinity at ``t = 0`` to 0 as ``t``
+        grows.
 
         Args:
             t: a number or a tensor (...), > 0.
