@@ -175,6 +175,41 @@ def test_the_kernel_draws_times_uniform_in_rmsd():
     assert 0.4 < steps.mean() < 0.6 and steps.min() < 0.05 and steps.max() > 0.95
 
 
+
+@pytest.mark.parametrize("skew, mean, below_half", [(-5.0, 1 / 3, 0.75), (5.0, 2 / 3, 0.25)])
+def test_train_skew_leans_the_noise_levels_like_eigenfold(skew, mean, below_half):
+    # |skew| = 5: all but 2 / (1 + e^5) = 1.3% of the draws are Beta(1, 2) (mean 1/3, 75% below 1/2) or Beta(2, 1)
+    sde = PolymerSDE(N=30, a=A, b=0)
+    sde.make_schedule(Hf=2, step=0.5, tmin=0.01)
+    kernel, g = ForwardDiffusionKernel(HarmonicConfig(train_skew=skew)), torch.Generator().manual_seed(1)
+    draws = [kernel(torch.zeros(30, 3), sde, generator=g) for _ in range(600)]
+    steps = torch.tensor([d.step for d in draws])
+    assert abs(steps.mean().item() - mean) < 0.04
+    assert abs((steps < 0.5).double().mean().item() - below_half) < 0.05
+    rmsd_min, rmsd_max = sde.rmsd(0.01).item(), sde.rmsd(sde.ts[-1]).item()
+    for d in draws[:50]:
+        assert abs(d.rmsd - (rmsd_min + d.step * (rmsd_max - rmsd_min))) < 1e-12
+
+
+def test_train_rmsd_max_caps_the_training_rmsd():
+    sde = PolymerSDE(N=30, a=A, b=0)
+    sde.make_schedule(Hf=2, step=0.5, tmin=0.01)
+    assert sde.rmsd(sde.ts[-1]).item() > 4
+    kernel, g = ForwardDiffusionKernel(HarmonicConfig(train_rmsd_max=2.0)), torch.Generator().manual_seed(2)
+    rmsd_min = sde.rmsd(0.01).item()
+    for _ in range(100):
+        d = kernel(torch.zeros(30, 3), sde, generator=g)
+        assert abs(d.rmsd - (rmsd_min + d.step * (2.0 - rmsd_min))) < 1e-12
+        assert abs(sde.rmsd(d.t).item() / d.rmsd - 1) < 0.02
+
+
+@pytest.mark.parametrize("field, value", [("train_skew", math.nan), ("train_skew", True),
+                                          ("train_rmsd_max", -1.0), ("train_rmsd_max", math.inf)])  # fmt: skip
+def test_bad_skew_or_rmsd_cap_is_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        HarmonicConfig(**{field: value})
+
+
 # ---------------------------------------------------------------- EigenFold's numbers
 
 

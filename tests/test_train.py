@@ -116,6 +116,18 @@ def test_checkpoint_holds_what_sample_needs(tmp_path: Path) -> None:
     assert {"python", "numpy", "torch", "generator", "cuda"} <= checkpoint["rng"][0].keys()
 
 
+def test_noise_level_options_reach_the_diffusion() -> None:
+    def diffusion(*extra: str) -> dict:
+        return train_module.hyperparameters(train_module.parse_args(["--out", "x", *extra]))["diffusion"]
+
+    assert diffusion()["train_skew"] == 0 and diffusion()["train_rmsd_max"] == 0  # EigenFold's published values
+    given = diffusion("--train-skew", "-5", "--train-rmsd-max", "3", "--train-tmin", "0.002")
+    assert (given["train_skew"], given["train_rmsd_max"], given["train_tmin"]) == (-5.0, 3.0, 0.002)
+    kernel = train_module.build_diffusion(given, torch.device("cpu")).kernel
+    assert (kernel.skew, kernel.rmsd_max, kernel.tmin) == (-5.0, 3.0, 0.002)
+    with pytest.raises(ValueError, match="train_rmsd_max"):
+        diffusion("--train-rmsd-max", "-1")
+
 def test_refusals(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run(out, 1)

@@ -29,7 +29,8 @@ with one cached eigendecomposition and schedule per length.
 number ``step`` uniform in [0, 1] picks an RMSD between ``rmsd(train_tmin)`` and the RMSD at which the KL
 divergence to the prior (:meth:`HarmonicSDE.KL_H`) has fallen to ``train_Hf``; the time ``t`` is read off the
 entropy schedule's table of ``(t, rmsd(t))`` by linear interpolation. So the noise levels are spread evenly in
-the size of the displacement they cause, not in ``t``, which spans orders of magnitude. The target is the
+the size of the displacement they cause, not in ``t``, which spans orders of magnitude (``train_skew`` leans
+them towards small or large RMSDs, ``train_rmsd_max`` caps them, as in EigenFold). The target is the
 *adjusted* score ``adj=True``: the kernel's score plus ``J x_t``, i.e. the kernel's score minus the prior's
 score; it is zero where the chain is pure prior. ``score_norm(t, k, adj=True)`` is its root mean square per
 coordinate when ``x(0)`` is drawn from the prior; the model multiplies its output by it and the loss divides by
@@ -73,10 +74,12 @@ better; the variances ``eigens`` and the score norms differ by up to 1e-9, which
    optional ``torch.Generator``, and ``sample`` takes an optional ``noise`` (the ``z`` of the modes) for exact
    tests.
 7. Not ported: ``diagonalize=False``, ``conditional`` (filling missing residues), ``unproject``, ``energy``,
-   ``free_energy``, the schedules' ``cutoff``, ``KL_H`` and ``KL_E``, ``train_skew``, ``train_rmsd_max``, the
-   ``logp`` ELBO, ``ode`` (which EigenFold's sampler ignores) and ``logF`` guidance.
+   ``free_energy``, the schedules' ``cutoff``, ``KL_H`` and ``KL_E``, the ``logp`` ELBO, ``ode`` (which
+   EigenFold's sampler ignores) and ``logF`` guidance.
 8. ``score_norm`` is per chain in a batch (:class:`~tpconv_lite.score_model.ChainBatch`); EigenFold's loss only
    broadcasts for batches of one chain. The loss is the mean over all residues of the batch.
+9. ``train_skew``'s Beta(1, 2) or Beta(2, 1) draw is ``1 - sqrt(1 - u)`` or ``sqrt(u)`` of a second uniform
+   ``u`` from the same generator (the same law as EigenFold's ``np.random.beta``, and reproducible).
 """
 
 from __future__ import annotations
@@ -530,6 +533,10 @@ class HarmonicConfig:
         train_tmin: smallest training time, and the end of sampling unless ``inf_tmin`` is given.
         train_cutoff: modes with ``D_j t < train_cutoff`` are noised at time t ...
         train_kmin: ... and at least this many.
+        train_skew: leans the training noise levels: with probability ``1 - 2 / (1 + exp(|train_skew|))`` the
+            uniform number that picks the RMSD is replaced by a Beta(1, 2) draw (``train_skew < 0``: more small
+            RMSDs, the levels that shape local geometry) or a Beta(2, 1) draw (``> 0``); 0 keeps it uniform.
+        train_rmsd_max: caps the largest training RMSD (Å) when positive (0: no cap).
         inf_type: ``"rate"`` (:class:`RateSchedule`) or ``"entropy"`` (:class:`EntropySchedule`) for sampling.
         inf_step: step of the sampling schedule, and of the entropy schedule that tabulates ``t(rmsd)``.
         alpha, beta: extra Langevin noise ``alpha`` and its drift weight ``beta`` in the reverse step.
@@ -543,6 +550,8 @@ class HarmonicConfig:
     train_tmin: float = 0.01
     train_cutoff: float = 5.0
     train_kmin: int = 5
+    train_skew: float = 0.0
+    train_rmsd_max: float = 0.0
     inf_type: str = "rate"
     inf_step: float = 0.5
     alpha: float = 0.0
@@ -557,6 +566,12 @@ class HarmonicConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not 0 <= self.sde_b < math.inf:
             raise ValueError(f"sde_b must be >= 0, got {self.sde_b!r}")
+        for name in ("train_skew", "train_rmsd_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.train_rmsd_max < 0:
+            raise ValueError(f"train_rmsd_max must be >= 0 (0: no cap), got {self.train_rmsd_max!r}")
         if isinstance(self.train_kmin, bool) or not isinstance(self.train_kmin, int) or self.train_kmin < 1:
             raise ValueError(f"train_kmin must be an integer >= 1, got {self.train_kmin!r}")
         if self.inf_type not in SCHEDULES:
@@ -623,6 +638,7 @@ class ForwardDiffusionKernel:
         config = HarmonicConfig.from_args(args)
         self.Hf, self.tmin = config.train_Hf, config.train_tmin
         self.kmin, self.cutoff = config.train_kmin, config.train_cutoff
+        self.skew, self.rmsd_max = config.train_skew, config.train_rmsd_max
 
     def __call__(self, pos: Tensor, sde: HarmonicSDE, generator: torch.Generator | None = None) -> NoisedChain:
         """Noise one chain ``pos`` (n, 3) with ``sde`` (n points, ``make_schedule`` done)."""
@@ -631,7 +647,12 @@ class ForwardDiffusionKernel:
         if pos.shape != (sde.N, 3):
             raise ValueError(f"pos must have shape ({sde.N}, 3) for this SDE, got {tuple(pos.shape)}")
         step = _rand(generator, sde.dtype)
+        if step > 2 / (1 + math.exp(abs(self.skew))):  # Beta(2, 1) or Beta(1, 2) by inverting its CDF
+            u = _rand(generator, sde.dtype)
+            step = math.sqrt(u) if self.skew > 0 else 1 - math.sqrt(1 - u)
         rmsd_max = _interp(self.Hf, sde.hs.flip(0), sde.rmsds.flip(0))
+        if self.rmsd_max > 0:
+            rmsd_max = min(rmsd_max, self.rmsd_max)
         rmsd_min = sde.rmsd(self.tmin).item()
         rmsd = rmsd_max * step + rmsd_min * (1 - step)
         t = _interp(rmsd, sde.rmsds, sde.ts)
