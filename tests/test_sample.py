@@ -10,7 +10,7 @@ import torch
 
 from tpconv_lite import sample as sample_module
 from tpconv_lite.proteins import load_chain, load_dataset
-from tpconv_lite.sample import load_model, main, sample_chains
+from tpconv_lite.sample import inf_step_for, load_model, main, sample_chains
 from tpconv_lite.train import main as train_main
 
 SEQUENCE, SS = "MKTAYIAKQRQISFVK", "-HHHHHHHHHH--EE-"
@@ -87,3 +87,45 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
         main(["--checkpoint", str(tmp_path / "log.jsonl"), "--sequence", "MKTAY", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no such file"):
         main(["--checkpoint", str(tmp_path / "missing.pt"), "--sequence", "MKTAY", "--out", str(tmp_path)])
+
+
+def test_steps_sets_the_reverse_steps_of_the_longest_chain(checkpoint: Path, tmp_path: Path) -> None:
+    diffusion_config = load_model(checkpoint)[2]["hyperparameters"]["diffusion"]
+    for steps in (7, 30):
+        step = inf_step_for(diffusion_config, len(SEQUENCE), steps)
+        _, diffusion, _ = load_model(checkpoint, inf_step=step)
+        assert diffusion.schedule(len(SEQUENCE)).N == steps
+    assert sample_file(checkpoint, tmp_path / "a", "--steps", "7").read_text() != sample_file(
+        checkpoint, tmp_path / "b", "--steps", "30").read_text()  # fmt: skip
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        inf_step_for(diffusion_config, len(SEQUENCE), 0)
+    with pytest.raises(SystemExit):
+        sample_file(checkpoint, tmp_path / "c", "--steps", "7", "--inf-step", "0.5")
+
+
+def test_indices_give_a_chain_the_noise_of_its_place_in_a_longer_list(checkpoint: Path) -> None:
+    model, diffusion, _ = load_model(checkpoint)
+    together = sample_chains(model, diffusion, ["GSGSGSGSGS", SEQUENCE], [None, SS], seed=2)
+    alone = sample_chains(model, diffusion, [SEQUENCE], [SS], seed=2, indices=[1])
+    torch.testing.assert_close(alone[0], together[1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(sample_chains(model, diffusion, [SEQUENCE], [SS], seed=2)[0], together[1], atol=1e-2)
+    with pytest.raises(ValueError, match="need one index per sequence, got 2 for 1"):
+        sample_chains(model, diffusion, [SEQUENCE], [SS], indices=[0, 1])
+
+
+def test_under_torchrun_each_process_writes_its_share(checkpoint: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """RANK and WORLD_SIZE as torchrun sets them: two processes write the files that one process writes."""
+    short = [dataclasses.replace(c, sequence=c.sequence[:12], pos=c.pos[:12], ss=c.ss[:12])
+             for c in load_dataset("test")[:3]]  # fmt: skip
+    monkeypatch.setattr(sample_module, "load_dataset", lambda split: short)
+    arguments = ["--checkpoint", str(checkpoint), "--test", "--no-progress", "--threads", "1"]
+    main([*arguments, "--out", str(tmp_path / "one")])
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        written = main([*arguments, "--out", str(tmp_path / "two")])
+        assert [p.stem for p in written] == [c.name for c in short[rank::2]]
+    for chain in short:
+        name = f"{chain.name}.pdb"
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()

@@ -1,13 +1,16 @@
-"""Box-and-arrow diagrams for the chapters (matplotlib, imported only when a diagram is drawn).
+"""Diagrams for the chapters (matplotlib, imported only when a diagram is drawn).
 
 :func:`box_diagram` draws labelled boxes at given positions and arrows between them: chapter 6's query, key and value
-schematic and chapter 8's block diagram of the convolution layer. matplotlib is not a dependency of the package;
+schematic and chapter 8's block diagram of the convolution layer. :func:`draw_chains` draws CA traces side by side
+in 3D (chapters 11 and 12). matplotlib is not a dependency of the package;
 it comes with the book's and the tests' extras.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
+from torch import Tensor
 
 Box = tuple[float, float, str]  # centre x, centre y, text (matplotlib mathtext allowed)
 Arrow = tuple[str, str] | tuple[str, str, str]  # from, to, optional label
@@ -75,3 +78,28 @@ def box_diagram(
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def draw_chains(chains: Mapping[str, Tensor], title: str, *, size: float = 3.2) -> None:
+    """Draw CA traces side by side in 3D, each centred and coloured from its first residue (blue) to its last (red).
+
+    Args:
+        chains: panel title -> (n, 3) positions in Å, one panel each.
+        title: the figure's title.
+        size: width and height of one panel, inches.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig = plt.figure(figsize=(size * len(chains), size))
+    for i, (label, pos) in enumerate(chains.items()):
+        ax = fig.add_subplot(1, len(chains), i + 1, projection="3d")
+        pos = (pos - pos.mean(dim=0)).detach().cpu()
+        ax.plot(*pos.T, color="0.6", linewidth=0.8)
+        ax.scatter(*pos.T, c=torch.arange(len(pos)), cmap="coolwarm", s=6)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("x (Å)", fontsize=7), ax.set_ylabel("y (Å)", fontsize=7), ax.set_zlabel("z (Å)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_box_aspect(None, zoom=0.85)  # room for the axis labels
+    fig.suptitle(title)
+    plt.show()

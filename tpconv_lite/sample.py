@@ -9,14 +9,20 @@ CA-only PDB file, untouched: no geometry is fixed afterwards.
 The sampler's settings are EigenFold's (``inference.py``) unless given: the rate schedule (``--inf-type``) with
 step ``--inf-step`` 0.5 (a smaller step means more steps; their number follows from the chain's length and the
 step), ``--alpha`` 0 and ``--beta`` 1, stopping at the training ``train_tmin`` (0.01) with noise in the last step;
-``--inf-tmin`` and ``--no-noise-last-step`` change the end.
+``--inf-tmin`` and ``--no-noise-last-step`` change the end. ``--steps N`` instead chooses the step of the
+schedule so that the longest chain takes N reverse steps (shorter chains take fewer; :func:`inf_step_for`).
 
 Each chain draws its noise from its own generator seeded from ``--seed`` and its position in the list, so a
-chain's sample does not depend on which other chains are sampled with it.
+chain's sample does not depend on which other chains are sampled with it. That is what lets the command run
+under ``torchrun --nproc_per_node P``: process ``r`` samples the chains ``r, r + P, ...`` and writes their files,
+and the files are the same as one process writes (no process group is needed; on several machines ``--out``
+must be a shared folder).
 
 Examples::
 
+    python -m tpconv_lite.sample --test --out samples/          # the pretrained model
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
+    torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
         --name mine --out samples/
 """
@@ -24,6 +30,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,16 +45,20 @@ from tpconv_lite.proteins import load_dataset, write_pdb
 from tpconv_lite.score_model import ResiLevelTensorProductScoreModel
 from tpconv_lite.train import build_diffusion, build_model, load_checkpoint, sample_chains
 
+# The model that ships with the package (tpconv_lite/assets/README.md says how it was trained).
+PRETRAINED = Path(__file__).parent / "assets" / "pretrained.pt"
+# Its held-out samples: what ``python -m tpconv_lite.sample --test --threads 1`` writes (same README).
+PRETRAINED_SAMPLES = Path(__file__).parent / "assets" / "pretrained_samples"
 SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", **sampling
+    path: str | Path = PRETRAINED, device: str | torch.device = "cpu", **sampling
 ) -> tuple[ResiLevelTensorProductScoreModel, HarmonicDiffusion, dict]:
     """The trained model (eval mode) and its diffusion from a :mod:`tpconv_lite.train` checkpoint.
 
     Args:
-        path: the checkpoint.
+        path: the checkpoint (by default the pretrained model that ships with the package).
         device: where the model and the sampler compute.
         sampling: sampling fields of :class:`~tpconv_lite.harmonic.HarmonicConfig` (``inf_step``, ``inf_tmin``,
             ...); the training fields come from the checkpoint.
@@ -61,6 +73,38 @@ def load_model(
     model.load_state_dict(checkpoint["model"])
     model.eval()
     return model, build_diffusion(hyper["diffusion"], device, **sampling), checkpoint
+
+
+def inf_step_for(diffusion_config: dict, n: int, steps: int, **sampling) -> float:
+    """The schedule step ``inf_step`` with which a chain of ``n`` residues takes ``steps`` reverse steps.
+
+    The number of steps falls as ``inf_step`` grows; a bisection in ``log(inf_step)`` finds the step that gives
+    ``steps`` exactly where one does, and otherwise the one that comes closest from below.
+
+    Example:
+        >>> from tpconv_lite.harmonic import HarmonicConfig, HarmonicDiffusion
+        >>> step = inf_step_for({}, 100, 40)
+        >>> HarmonicDiffusion(HarmonicConfig(inf_step=step)).schedule(100).N
+        40
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+    def count(step: float) -> int:
+        return build_diffusion(diffusion_config, torch.device("cpu"), **{**sampling, "inf_step": step}).schedule(n).N
+
+    low, high = math.log(1e-3), math.log(50.0)  # count(low) >= count(high)
+    if count(math.exp(high)) > steps:
+        raise ValueError(f"a chain of {n} residues takes at least {count(math.exp(high))} steps, asked for {steps}")
+    if count(math.exp(low)) < steps:
+        raise ValueError(f"a chain of {n} residues takes at most {count(math.exp(low))} steps, asked for {steps}")
+    for _ in range(40):  # invariant: count(low) >= steps >= count(high)
+        middle = (low + high) / 2
+        found = count(math.exp(middle))
+        if found == steps:
+            return math.exp(middle)
+        low, high = (middle, high) if found > steps else (low, middle)
+    return math.exp(high)
 
 
 def check_chain(sequence: str, ss: str | None, what: str = "--sequence") -> None:
@@ -82,7 +126,8 @@ def check_chain(sequence: str, ss: str | None, what: str = "--sequence") -> None
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tpconv_lite.sample",
                                      description="Sample CA chains from a trained score model.")  # fmt: skip
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of python -m tpconv_lite.train")
+    parser.add_argument("--checkpoint", type=Path, default=PRETRAINED,
+                        help="checkpoint.pt of python -m tpconv_lite.train (default: the pretrained model)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--test", action="store_true", help="one sample per held-out chain of the embedded dataset")
     what.add_argument("--sequence", help="one-letter sequence of the chain to sample")
@@ -96,8 +141,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     defaults = HarmonicConfig()
     parser.add_argument("--inf-type", choices=sorted(SCHEDULES), default=defaults.inf_type, help="schedule")
-    parser.add_argument("--inf-step", type=float, default=None,
-                        help="step of the schedule (smaller: more steps; default: the checkpoint's, 0.5)")  # fmt: skip
+    steps = parser.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int, default=None,
+                       help="reverse steps of the longest chain (sets --inf-step; shorter chains take fewer)")
+    steps.add_argument("--inf-step", type=float, default=None,
+                       help="step of the schedule (smaller: more steps; default: the checkpoint's, 0.5)")  # fmt: skip
     parser.add_argument("--alpha", type=float, default=defaults.alpha, help="extra Langevin noise")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="drift weight of the extra noise")
     parser.add_argument("--inf-tmin", type=float, default=None, help="final time (default: train_tmin)")
@@ -111,6 +159,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             check_chain(args.sequence, args.ss)
         except ValueError as error:
             parser.error(str(error))
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     if not args.name or "/" in args.name:
         parser.error(f"--name must be a plain file name, got {args.name!r}")
     return args
@@ -121,28 +171,40 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
     sampling = {name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None}
-    try:
-        model, diffusion, _ = load_model(args.checkpoint, args.device, **sampling)
-    except FileNotFoundError as error:
-        raise SystemExit(f"--checkpoint {args.checkpoint}: no such file") from error
-    except ValueError as error:  # not a checkpoint, or sampling settings out of range
-        raise SystemExit(str(error)) from error
     if args.test:
         chains = load_dataset("test")
         names, sequences, ss = [c.name for c in chains], [c.sequence for c in chains], [c.ss for c in chains]
     else:
         names, sequences, ss = [args.name], [args.sequence], [args.ss]
-    samples = sample_chains(model, diffusion, sequences, ss, seed=args.seed, progress=not args.no_progress)
+    try:
+        if args.steps is not None:
+            diffusion_config = load_checkpoint(args.checkpoint)["hyperparameters"]["diffusion"]
+            longest = max(len(q) for q in sequences)
+            sampling["inf_step"] = inf_step_for(diffusion_config, longest, args.steps, **sampling)
+        model, diffusion, _ = load_model(args.checkpoint, args.device, **sampling)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--checkpoint {args.checkpoint}: no such file") from error
+    except ValueError as error:  # not a checkpoint, or sampling settings out of range
+        raise SystemExit(str(error)) from error
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = list(range(rank, len(names), world_size))  # under torchrun, each process samples its share
+    samples = []
+    if mine:
+        samples = sample_chains(model, diffusion, [sequences[i] for i in mine], [ss[i] for i in mine],
+                                seed=args.seed, indices=mine, progress=not args.no_progress and rank == 0)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, sequence, pos in zip(names, sequences, samples):
-        path = args.out / f"{name}.pdb"
-        write_pdb(pos, path, sequence)
+    for i, pos in zip(mine, samples):
+        path = args.out / f"{names[i]}.pdb"
+        write_pdb(pos, path, sequences[i])
         paths.append(path)
-    tqdm.write(f"wrote {len(paths)} sample(s) to {args.out}", file=sys.stderr)
+    where = f" (process {rank} of {world_size})" if world_size > 1 else ""
+    tqdm.write(f"wrote {len(paths)} sample(s) to {args.out}{where}", file=sys.stderr)
     return paths
 
 

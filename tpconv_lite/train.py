@@ -563,15 +563,19 @@ def heldout_loss(model: nn.Module, chains: Sequence, diffusion, crop_length: int
 
 
 def sample_chains(model: nn.Module, diffusion: HarmonicDiffusion, sequences: Sequence[str],
-                  ss: Sequence[str | None], *, seed: int = 0, progress: bool = False) -> list[Tensor]:  # fmt: skip
+                  ss: Sequence[str | None], *, seed: int = 0, indices: Sequence[int] | None = None,
+                  progress: bool = False) -> list[Tensor]:  # fmt: skip
     """One sample per sequence with the reverse diffusion, all in one batch; chain ``i`` draws its noise from a
-    generator seeded from ``(seed, i)``, so its sample does not depend on the other chains of the batch.
+    generator seeded from ``(seed, indices[i])``, so its sample does not depend on the other chains of the batch.
 
     Args:
         model: the score model (float32).
         diffusion: the harmonic diffusion, with its sampling settings.
         sequences: B one-letter sequences; ss: B secondary-structure strings (or None each).
         seed: seed of the noise.
+        indices: B numbers that pick each chain's noise (default ``0 .. B-1``, its position): the chains
+            ``[a, b]`` with indices ``[4, 2]`` get the samples that ``a`` and ``b`` get at positions 4 and 2
+            of a longer list.
         progress: a tqdm bar over the reverse steps.
 
     Returns:
@@ -579,7 +583,10 @@ def sample_chains(model: nn.Module, diffusion: HarmonicDiffusion, sequences: Seq
     """
     device, was_training = next(model.parameters()).device, model.training
     features = [chain_conditioning(q, s, device=device) for q, s in zip(sequences, ss, strict=True)]
-    generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(len(sequences))]
+    indices = range(len(sequences)) if indices is None else indices
+    if len(indices) != len(sequences):
+        raise ValueError(f"need one index per sequence, got {len(indices)} for {len(sequences)}")
+    generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]
     samples = diffusion.reverse_sample(model, [f[0] for f in features], [f[1] for f in features],
                                        generator=generators, progress=progress)  # fmt: skip
     model.train(was_training)  # reverse_sample leaves the model in eval mode

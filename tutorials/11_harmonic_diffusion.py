@@ -74,6 +74,7 @@ from torch import Tensor
 
 import tpconv_lite
 from tpconv_lite.conditioning import LM_EDGE_DIM, LM_NODE_DIM, chain_conditioning
+from tpconv_lite.diagrams import draw_chains
 from tpconv_lite.diffusion import score_matching_loss
 from tpconv_lite.harmonic import (
     EntropySchedule,
@@ -245,22 +246,6 @@ glue("real_rg", round(radius_of_gyration(real_pos).item()), display=False)
 # has {glue:text}`real_rg:.0f` Å. Drawn side by side:
 
 # %%
-def draw_chains(chains: dict[str, Tensor], title: str) -> None:
-    """Draw CA traces side by side in 3D, coloured from the first residue (blue) to the last (red)."""
-    fig = plt.figure(figsize=(3.2 * len(chains), 3.2))
-    for i, (label, pos) in enumerate(chains.items()):
-        ax = fig.add_subplot(1, len(chains), i + 1, projection="3d")
-        pos = (pos - pos.mean(dim=0)).detach().cpu()
-        ax.plot(*pos.T, color="0.6", linewidth=0.8)
-        ax.scatter(*pos.T, c=torch.arange(len(pos)), cmap="coolwarm", s=6)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("x (Å)", fontsize=7), ax.set_ylabel("y (Å)", fontsize=7), ax.set_zlabel("z (Å)", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.set_box_aspect(None, zoom=0.85)  # room for the axis labels
-    fig.suptitle(title)
-    plt.show()
-
-
 draw_chains({chain.name: real_pos, "prior sample 1": prior[0], "prior sample 2": prior[1]},
             f"A real chain of {len(chain)} residues and two samples of the polymer prior")
 
