@@ -87,7 +87,7 @@ def _chapter_title(page: str) -> str | None:
     if not notebook.exists():
         return None
     first = nbformat.read(notebook, as_version=4).cells[0].source.splitlines()[0]
-    return first.lstrip("# ").strip()
+    return first.lstrip("# ").strip().replace("'", "’")  # Sphinx's smart quotes turn ' into ’
 
 
 def _status(url: str) -> int:

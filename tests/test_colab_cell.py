@@ -31,14 +31,14 @@ def run_cell(monkeypatch: pytest.MonkeyPatch, failing: str | None = None) -> lis
 def test_the_cell_installs_from_tpconv_lite_source_and_never_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TPCONV_LITE_SOURCE", "file:///somewhere/tpconv-lite")
     calls = run_cell(monkeypatch)
-    assert calls[0] == ["install", "-q", "e3nn>=0.5.6,<0.7", "tpconv_lite @ file:///somewhere/tpconv-lite"]
+    assert calls[0] == ["install", "-q", "e3nn>=0.5.6,<0.7", "tpconv_lite[proteins] @ file:///somewhere/tpconv-lite"]
     assert calls[1][:5] == ["install", "-q", "--only-binary=:all:", "torch-scatter", "torch-cluster"]
     assert not any(arg.startswith("torch=") or arg == "torch" for call in calls for arg in call)
 
 
 def test_without_the_variable_the_cell_installs_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TPCONV_LITE_SOURCE", raising=False)
-    assert run_cell(monkeypatch)[0][-1].startswith("tpconv_lite @ git+https://github.com/")
+    assert run_cell(monkeypatch)[0][-1].startswith("tpconv_lite[proteins] @ git+https://github.com/")
 
 
 def test_a_failed_install_stops_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

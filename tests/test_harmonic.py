@@ -411,3 +411,13 @@ def test_bad_input_is_refused_with_a_message():
         diffusion.noised_batch(pos, node, pair, generator=[torch.Generator()])
     with pytest.raises(ValueError, match="node_attr"):
         diffusion.noised_batch(pos, node[:2], pair)
+
+
+@pytest.mark.parametrize("blow_up", [lambda pos: 1e3 * pos, lambda pos: pos * float("nan")])
+def test_a_reverse_process_that_diverges_stops_with_an_error(blow_up) -> None:
+    """Scores that push the chain outwards without bound (or NaN) end the sampling with an error, not a sample."""
+    diffusion = HarmonicDiffusion(HarmonicConfig())
+    n = 20
+    with pytest.raises(RuntimeError, match=r"the reverse diffusion diverged: chain 0 \(20 residues\) reached"):
+        diffusion.reverse_sample(lambda data: blow_up(data.resi.pos), [torch.zeros(n, 1, dtype=torch.float64)],
+                                 [torch.zeros(n, n, 1, dtype=torch.float64)], generator=torch.Generator().manual_seed(0))

@@ -129,3 +129,37 @@ def test_under_torchrun_each_process_writes_its_share(checkpoint: Path, tmp_path
     for chain in short:
         name = f"{chain.name}.pdb"
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_the_pretrained_model_ships_with_its_log_and_samples() -> None:
+    model, diffusion, checkpoint = load_model()  # no path: the pretrained model
+    assert sample_module.PRETRAINED.stat().st_size < 5e6
+    assert checkpoint["hyperparameters"]["preset"] == "small" and not model.training
+    log = sample_module.PRETRAINED_LOG.read_text().splitlines()
+    assert len(log) == checkpoint["step"] and '"step": %d,' % checkpoint["step"] in log[-1]
+    chains = load_dataset("test")
+    files = sorted(p.stem for p in sample_module.PRETRAINED_SAMPLES.glob("*.pdb"))
+    assert files == sorted(c.name for c in chains)
+    shortest = min(range(len(chains)), key=lambda i: len(chains[i]))
+    shipped = load_chain(sample_module.PRETRAINED_SAMPLES / f"{chains[shortest].name}.pdb")
+    assert shipped.sequence == chains[shortest].sequence
+    # The shipped file is the sampler's own output: sampling the chain again gives it back (to the PDB's 0.001 Å).
+    torch.set_num_threads(1)
+    model, diffusion, _ = load_model(**sample_module.PRETRAINED_SAMPLING)
+    again = sample_chains(model, diffusion, [chains[shortest].sequence], [chains[shortest].ss], indices=[shortest])
+    torch.testing.assert_close(again[0], shipped.pos, rtol=0, atol=2e-3)
+
+
+def test_without_checkpoint_the_command_samples_the_pretrained_model(tmp_path: Path) -> None:
+    chain = min(load_dataset("test"), key=len)  # a length the pretrained model was trained on (79 to 173 residues)
+    arguments = ["--sequence", chain.sequence, f"--ss={chain.ss}", "--no-progress", "--threads", "1"]
+    main([*arguments, "--checkpoint", str(sample_module.PRETRAINED), "--out", str(tmp_path / "a")])
+    main([*arguments, "--out", str(tmp_path / "b")])
+    assert (tmp_path / "b" / "sample.pdb").read_text() == (tmp_path / "a" / "sample.pdb").read_text()
+
+
+def test_a_diverging_sample_stops_with_an_error() -> None:
+    """The pretrained model has never seen a chain of 16 residues: its scores there blow the chain up."""
+    model, diffusion, _ = load_model()
+    with pytest.raises(RuntimeError, match=r"the reverse diffusion diverged: chain 0 \(16 residues\)"):
+        sample_chains(model, diffusion, [SEQUENCE], [SS])

@@ -677,6 +677,20 @@ def harmonic_loss(data: ChainBatch, pred: Tensor, score: Tensor) -> tuple[Tensor
     return score_matching_loss(score, pred, data.score_norm[data.resi.batch])
 
 
+def _check_not_diverged(pos: Tensor, chain: int, step: int, n_steps: int, t: float) -> None:
+    """Raise RuntimeError when a chain of the reverse process left all physical scales: non-finite positions, or a
+    residue farther from the centre than ten times the length of the fully stretched chain (10 x 3.8 Å per residue).
+    """
+    largest = pos.abs().max().item()
+    limit = 10 * 3.8 * pos.shape[0]
+    if not largest <= limit:  # also catches NaN
+        raise RuntimeError(
+            f"the reverse diffusion diverged: chain {chain} ({pos.shape[0]} residues) reached |x| = {largest:.3g} Å "
+            f"(limit {limit:.0f} Å) at step {step + 1} of {n_steps} (t = {t:.3g}); the model's scores are out of "
+            f"range for this chain (is its length far from those the model was trained on?)"
+        )
+
+
 def _generators(generator: torch.Generator | Sequence[torch.Generator] | None, n: int) -> list:
     """One generator per chain: the list given (of length n), or the one generator (or None) n times."""
     if generator is None or isinstance(generator, torch.Generator):
@@ -854,4 +868,5 @@ class HarmonicDiffusion:
                 if c.inf_noise_last_step or i < sched.N - 1:
                     dY = dY + math.sqrt(dt * (1 + sched.alpha)) * _randn(Y[b].shape, gens[b], self.dtype, self.device)
                 Y[b] = Y[b] + sde.project(dY, ks[j])
+                _check_not_diverged(Y[b], b, i, sched.N, ts[j])
         return Y

@@ -18,9 +18,15 @@ under ``torchrun --nproc_per_node P``: process ``r`` samples the chains ``r, r +
 and the files are the same as one process writes (no process group is needed; on several machines ``--out``
 must be a shared folder).
 
+Without ``--checkpoint`` the command samples the pretrained model that ships with the package
+(``tpconv_lite/assets/README.md``: how it was trained, and how its samples score). Its held-out samples in
+``PRETRAINED_SAMPLES`` were written with ``--alpha 2 --beta 3`` (``PRETRAINED_SAMPLING``). It was trained on
+chains of 79 to 173 residues; far outside that range its scores can blow a chain up, and sampling then stops with
+an error rather than writing it.
+
 Examples::
 
-    python -m tpconv_lite.sample --test --out samples/          # the pretrained model
+    python -m tpconv_lite.sample --test --alpha 2 --beta 3 --out samples/   # the pretrained model
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
     torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
@@ -47,8 +53,11 @@ from tpconv_lite.train import build_diffusion, build_model, load_checkpoint, sam
 
 # The model that ships with the package (tpconv_lite/assets/README.md says how it was trained).
 PRETRAINED = Path(__file__).parent / "assets" / "pretrained.pt"
-# Its held-out samples: what ``python -m tpconv_lite.sample --test --threads 1`` writes (same README).
+# Its training log, and its held-out samples: what ``python -m tpconv_lite.sample --test --threads 1`` writes with
+# the sampling settings PRETRAINED_SAMPLING (the same README gives the command).
+PRETRAINED_LOG = Path(__file__).parent / "assets" / "pretrained_log.jsonl"
 PRETRAINED_SAMPLES = Path(__file__).parent / "assets" / "pretrained_samples"
+PRETRAINED_SAMPLING = {"alpha": 2.0, "beta": 3.0}
 SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
 
 

@@ -48,7 +48,7 @@ if "google.colab" in sys.modules:
         return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode == 0
 
     source = os.environ.get("TPCONV_LITE_SOURCE", "git+https://github.com/tpconv-lite/tpconv-lite@main")
-    if not pip("e3nn>=0.5.6,<0.7", f"tpconv_lite @ {source}"):
+    if not pip("e3nn>=0.5.6,<0.7", f"tpconv_lite[proteins] @ {source}"):
         raise RuntimeError(f"pip could not install tpconv_lite from {source} (its messages are above)")
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2]) + ".0"
     variant = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"

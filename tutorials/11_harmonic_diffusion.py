@@ -53,7 +53,7 @@ if "google.colab" in sys.modules:
         return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args]).returncode == 0
 
     source = os.environ.get("TPCONV_LITE_SOURCE", "git+https://github.com/tpconv-lite/tpconv-lite@main")
-    if not pip("e3nn>=0.5.6,<0.7", f"tpconv_lite @ {source}"):
+    if not pip("e3nn>=0.5.6,<0.7", f"tpconv_lite[proteins] @ {source}"):
         raise RuntimeError(f"pip could not install tpconv_lite from {source} (its messages are above)")
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2]) + ".0"
     variant = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
@@ -365,8 +365,12 @@ draw_chains(noised, f"{chain.name} noised by the forward kernel")
 # summed over the non-centre modes), has fallen to `train_Hf = 2`. What changes with $t$ in a way that matters to the network is how
 # far the residues have moved: the RMSD of the noise, `rmsd(t)` $= \sqrt{3\, \mathrm{mean}_j\, \lambda_j(t)}$.
 # EigenFold's `ForwardDiffusionKernel` draws that RMSD uniformly between `rmsd(train_tmin)` and `rmsd(tmax)`, and
-# reads the time off a table of the entropy schedule (next section) by linear interpolation. Two small helpers
-# first: a uniform number from a generator, and numpy's `interp` for one point.
+# reads the time off a table of the entropy schedule (next section) by linear interpolation. Two more of
+# EigenFold's options, off by default, change the draw: `train_skew` $= s \neq 0$ draws the position in the RMSD
+# range from a mixture of the uniform law and a Beta(2, 1) (for $s > 0$) or Beta(1, 2) (for $s < 0$, towards small
+# noise) with weight $1 - 2/(1 + e^{|s|})$, and `train_rmsd_max` caps the largest RMSD; chapter 12 trains with
+# `train_skew = -5`.
+# Two small helpers first: a uniform number from a generator, and numpy's `interp` for one point.
 
 # %%
 # Package code: tpconv_lite.harmonic._rand
@@ -408,6 +412,7 @@ class ForwardDiffusionKernel:
         config = HarmonicConfig.from_args(args)
         self.Hf, self.tmin = config.train_Hf, config.train_tmin
         self.kmin, self.cutoff = config.train_kmin, config.train_cutoff
+        self.skew, self.rmsd_max = config.train_skew, config.train_rmsd_max
 
     def __call__(self, pos: Tensor, sde: HarmonicSDE, generator: torch.Generator | None = None) -> NoisedChain:
         """Noise one chain ``pos`` (n, 3) with ``sde`` (n points, ``make_schedule`` done)."""
@@ -416,7 +421,12 @@ class ForwardDiffusionKernel:
         if pos.shape != (sde.N, 3):
             raise ValueError(f"pos must have shape ({sde.N}, 3) for this SDE, got {tuple(pos.shape)}")
         step = _rand(generator, sde.dtype)
+        if step > 2 / (1 + math.exp(abs(self.skew))):  # Beta(2, 1) or Beta(1, 2) by inverting its CDF
+            u = _rand(generator, sde.dtype)
+            step = math.sqrt(u) if self.skew > 0 else 1 - math.sqrt(1 - u)
         rmsd_max = _interp(self.Hf, sde.hs.flip(0), sde.rmsds.flip(0))
+        if self.rmsd_max > 0:
+            rmsd_max = min(rmsd_max, self.rmsd_max)
         rmsd_min = sde.rmsd(self.tmin).item()
         rmsd = rmsd_max * step + rmsd_min * (1 - step)
         t = _interp(rmsd, sde.rmsds, sde.ts)
