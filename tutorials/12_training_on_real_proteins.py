@@ -260,7 +260,6 @@ for i, y in zip(shortest, live_samples):
     difference = (y - shipped[i].pos).abs().max().item()
     print(f"{test_chains[i].name} ({len(test_chains[i])} residues, {diffusion.schedule(len(y)).N} steps): "
           f"largest difference from the shipped file below 0.001 Å: {difference < 1e-3}")
-glue("sample_seconds", round(sample_seconds), display=False)
 
 # %% [markdown]
 # (PDB files keep three decimals, hence the 0.001 Å.) The two chains took {glue:text}`sample_seconds` s. Now the
@@ -276,6 +275,7 @@ start = time.perf_counter()
 untrained_samples = train.sample_chains(untrained, diffusion, [test_chains[i].sequence for i in shortest],
                                         [test_chains[i].ss for i in shortest], seed=0, indices=shortest)
 print(f"untrained model: 2 samples in {time.perf_counter() - start:.0f} s")
+glue("sample_seconds", round(sample_seconds), display=False)  # the pretrained model's two samples, above
 generator = torch.Generator().manual_seed(0)
 prior_samples = [diffusion.sde(len(c)).sample(1e9, generator=generator).float() for c in test_chains]
 
