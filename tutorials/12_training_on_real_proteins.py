@@ -79,7 +79,6 @@ from tpconv_lite.metrics import (
     ca_ca_distances,
     ca_dihedrals,
     compare_structures,
-    handedness,
     structure_measures,
     virtual_angles,
 )
@@ -136,14 +135,14 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 # torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
 # ```
 #
-# ## One minute of training
+# ## Training from scratch
 #
 # `train.main` is the command line called from Python. A run from scratch, on windows of 48 residues of the
 # training chains (`--crop 48`), with the held-out loss every 100 steps:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-LIVE_STEPS = 400
+LIVE_STEPS = 800
 live = Path(tempfile.mkdtemp()) / "live"
 start = time.perf_counter()
 train.main(["--out", str(live), "--preset", "small", "--steps", str(LIVE_STEPS), "--crop", "48",
@@ -482,9 +481,8 @@ print(f"untrained, parity=False: relative mirror error below 1e-5: {mirror_error
 # ## Going further
 #
 # - **More data.** `--data FOLDER` trains on a folder of PDB or mmCIF files (read with gemmi; `--eval-data` for
-#   held-out ones), for example a download of the chains EigenFold trained on, the PDB's chains up to 2020 with at
-#   most 256 residues. The dataset here has 40 training chains: enough to learn local geometry, far too few to learn
-#   folds.
+#   held-out ones), for example single chains downloaded from the PDB. The dataset here has 40 training chains:
+#   enough to learn local geometry, far too few to learn folds.
 # - **A GPU.** `--device cuda` trains and samples there. Use EigenFold's sizes (`--preset eigenfold`) and whole
 #   chains; activation checkpointing (on by default) keeps the memory of long chains in bounds.
 # - **Many machines.** `torchrun --nnodes N --nproc_per_node P --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m
@@ -516,8 +514,9 @@ print(f"untrained, parity=False: relative mirror error below 1e-5: {mirror_error
 
 # %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
-# Solution 1: a reflection keeps distances and angles and flips the sign of every dihedral, so only the two
-# handedness shares swap; the TM-score to the native falls where the sample had the native's hand.
+# Solution 1: a reflection keeps distances, angles, size and clashes, and flips the sign of every dihedral: the left-
+# and right-handed shares swap, and helix following (a right-handed share) changes with them. A parity-free model
+# samples x and -x equally often, so its two shares agree on average.
 mirrored = structure_measures([-c.pos.double() for c in shipped], ss)
 original = structure_measures([c.pos.double() for c in shipped], ss)
 print("left and right swap:", abs(mirrored["left_handed"] - original["right_handed"]) < 1e-12,
@@ -527,7 +526,7 @@ print("distances, sizes, clashes and angles unchanged:", all(abs(mirrored[k] - o
 
 # %% [markdown]
 # **2.** TM-scores below about 0.3 are what unrelated structures give {footcite:p}`zhang2004tmscore`. Check it:
-# score every held-out native against every other held-out native of a different length, cut to the shorter one.
+# score 30 pairs of held-out natives of different lengths, each pair cut to the shorter length.
 
 # %% tags=["hide-cell"]
 # NBVAL_IGNORE_OUTPUT
