@@ -144,9 +144,13 @@ def test_the_pretrained_model_ships_with_its_log_and_samples() -> None:
     shipped = load_chain(sample_module.PRETRAINED_SAMPLES / f"{chains[shortest].name}.pdb")
     assert shipped.sequence == chains[shortest].sequence
     # The shipped file is the sampler's own output: sampling the chain again gives it back (to the PDB's 0.001 Å).
-    torch.set_num_threads(1)
-    model, diffusion, _ = load_model(**sample_module.PRETRAINED_SAMPLING)
-    again = sample_chains(model, diffusion, [chains[shortest].sequence], [chains[shortest].ss], indices=[shortest])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the shipped files were written
+    try:
+        model, diffusion, _ = load_model(**sample_module.PRETRAINED_SAMPLING)
+        again = sample_chains(model, diffusion, [chains[shortest].sequence], [chains[shortest].ss], indices=[shortest])
+    finally:
+        torch.set_num_threads(threads)
     torch.testing.assert_close(again[0], shipped.pos, rtol=0, atol=2e-3)
 
 

@@ -191,11 +191,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     else:
         names, sequences, ss = [args.name], [args.sequence], [args.ss]
     try:
-        if args.steps is not None:
-            diffusion_config = load_checkpoint(args.checkpoint)["hyperparameters"]["diffusion"]
+        model, diffusion, checkpoint = load_model(args.checkpoint, args.device, **sampling)
+        if args.steps is not None:  # the same model, with the schedule step that gives the longest chain N steps
+            diffusion_config = checkpoint["hyperparameters"]["diffusion"]
             longest = max(len(q) for q in sequences)
             sampling["inf_step"] = inf_step_for(diffusion_config, longest, args.steps, **sampling)
-        model, diffusion, _ = load_model(args.checkpoint, args.device, **sampling)
+            diffusion = build_diffusion(diffusion_config, torch.device(args.device), **sampling)
     except FileNotFoundError as error:
         raise SystemExit(f"--checkpoint {args.checkpoint}: no such file") from error
     except ValueError as error:  # not a checkpoint, or sampling settings out of range
