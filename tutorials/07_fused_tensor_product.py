@@ -947,9 +947,9 @@ glue("count_ratio_8", count_ratio[8], display=False)
 # `bench.forward_backward`, the training step of chapters 8 and 10.
 #
 # Honest sizing: e3nn *builds* a full product by generating and optimising code for each path, which takes seconds
-# above $L = 6$ (1040 and 1476 paths at $L = 7, 8$), and one forward pass there takes about half a second. To keep
+# above $L = 6$ (1040 and 1476 paths at $L = 7, 8$), and its forward passes there are slow too. To keep
 # the chapter under a minute the full product is timed up to `full_max_degree = 6`; set it to 8 to time every
-# degree (about 20 s more).
+# degree (it adds the longest builds and passes of all).
 
 # %%
 # NBVAL_IGNORE_OUTPUT

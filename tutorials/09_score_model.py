@@ -1110,7 +1110,7 @@ plt.show()
 
 # %% [markdown]
 # The model has learned the shape: the samples are compact helices of eight residues, their CA-CA distances
-# {glue:text}`bond_mean:.2f` ± {glue:text}`bond_std:.2f` Å against 3.83 in the data, the marks of a small model
+# {glue:text}`bond_mean:.2f` ± {glue:text}`bond_std:.2f` Å against {glue:text}`ca_ca:.2f` in the ideal helix, the marks of a small model
 # after {glue:text}`n_steps` steps. But not every sample need be right-handed. Those whose handedness is negative
 # cannot be turned onto the grey helix by any rotation: they are helices of the wrong hand, something the training
 # data never contained.
