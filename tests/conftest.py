@@ -12,6 +12,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The stand-ins that `make test-torch` puts on PYTHONPATH to hide torch_cluster/torch_scatter raise on import: they are
+# not test modules, and `--doctest-modules` must not import them (on a machine without the real packages it would).
+collect_ignore = ["without_pyg"]
+
 
 def toc_files() -> list[str]:
     """The pages of _toc.yml, root first, as paths without suffix (``tutorials/01_irreps``)."""
