@@ -19,6 +19,7 @@ TINY = bench.Settings(
     fused_batch=4,
     graph_sizes=(60,),
     memory_sizes=(5,),
+    score_sizes=(5,),
     warmup=0,
     repeats=2,
 )
@@ -50,7 +51,8 @@ def test_command_line_report_and_json(command_line):
     assert results["settings"] == asdict(TINY)
     machine = results["machine"]
     assert machine["torch"] == torch.__version__ and machine["torch_scatter"] is None and machine["threads"] >= 1
-    for title in ("1. TensorProductConvLayer", "2. Fused", "3. tpconv_lite.graph", "4. Tensor memory"):
+    titles = ("1. TensorProductConvLayer", "2. Fused", "3. tpconv_lite.graph", "4. Tensor memory", "5. ResiLevel")
+    for title in titles:
         assert title in report
     assert "torch_scatter missing" in report
 
@@ -85,6 +87,41 @@ def test_memory_rows(command_line):
     for without, with_ in (rows[:2], rows[2:]):
         assert without["saved"]["ours"] > with_["saved"]["ours"]
         assert without["saved"]["reference"] > with_["saved"]["reference"]
+
+
+def test_score_model_rows_compare_equal_models(command_line):
+    results = command_line[0]
+    rows = results["score_model"]
+    assert [r["pass"] for r in rows] == ["training step", "sampler step"]
+    for row in rows:
+        assert row["n_residues"] == 5 and row["n_edges"] == 20
+        assert_timing(row["reference"], 2)
+        assert_timing(row["ours"], 2)
+        assert row["speedup"] == pytest.approx(row["reference"]["median"] / row["ours"]["median"])
+        assert 0 <= row["output_difference"] < 1e-5
+    training, sampling = rows
+    assert 0 <= training["gradient_difference"] < 1e-5 and sampling["gradient_difference"] is None
+    assert_timing(training["ours, no checkpoint"], 2)
+    assert all(isinstance(v, int) and v > 0 for v in training["peak"].values())
+    assert training["flops"] > 0 and training["flop_rate"] == pytest.approx(
+        training["flops"] / training["ours"]["median"])
+    assert results["matmul_rate"] > 0
+
+
+def test_score_model_differences_are_real():
+    """A model that computes something else shows in the training step's differences."""
+    config = bench.ScoreModelConfig(resi_conv_layers=2, resi_ns=8, lm_node_dim=4, lm_edge_dim=4)
+    reference, ours = bench.default_score_models(config=config)
+    data = bench.score_model_batch(6, config)
+    projection = torch.randn(6, 3)
+    same = [bench.relative_difference(a, b) for a, b in zip(bench.training_step(ours, data, projection),
+                                                             bench.training_step(reference, data, projection))]
+    assert max(same) < 1e-5
+    with torch.no_grad():
+        ours.conv_layers[1].fc[0].weight.mul_(1.01)
+    changed = [bench.relative_difference(a, b) for a, b in zip(bench.training_step(ours, data, projection),
+                                                                bench.training_step(reference, data, projection))]
+    assert changed[0] > 1e-5 and max(changed[1:]) > 1e-5
 
 
 def test_graph_rows_without_the_compiled_packages(command_line):

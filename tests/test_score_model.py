@@ -399,3 +399,44 @@ def test_two_residues_at_the_same_place_give_finite_gradients():
     out = model(_with(data, pos=pos))
     (grad,) = torch.autograd.grad(out.square().sum(), pos)
     assert torch.isfinite(grad).all() and grad.abs().max() < 1e6
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"attention": True}, {"lin_self": True, "parity": False}, {"order": 2, "no_radius_sqrt": True},
+     {"radius_emb_type": "sinusoidal", "t_emb_type": "fourier"}],
+)  # fmt: skip
+def test_matches_eigenfolds_model_in_outputs_and_gradients(overrides):
+    """ReferenceScoreModel (EigenFold's forward on EigenFold's layers) and ours, with the same weights, in float32."""
+    from tpconv_lite.reference import ReferenceScoreModel
+
+    config = dataclasses.replace(toy_model_config(SDE, resi_conv_layers=4, resi_ns=8, resi_nv=2, resi_ntps=4,
+                                                  resi_ntpv=2, resi_fc_dim=16), **overrides)  # fmt: skip
+    torch.manual_seed(0)
+    reference = ReferenceScoreModel(config)
+    ours = ResiLevelTensorProductScoreModel(config)
+    assert sorted(ours.state_dict()) == sorted(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    n = 9
+    pos = (3.8 * torch.randn(n, 3, generator=generator)).cumsum(0)
+    node, pair = torch.randn(n, config.lm_node_dim, generator=generator), torch.randn(n, n, config.lm_edge_dim,
+                                                                                     generator=generator)
+    outputs, grads = {}, {}
+    for name, model in (("reference", reference), ("ours", ours)):
+        model.train()
+        data = ChainBatch.from_chains([pos], [node], [pair], torch.tensor([0.4]), torch.tensor([2.5]))
+        data.resi.pos.requires_grad_(True)
+        out = model(data)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs[name] = out.detach()
+        grads[name] = [data.resi.pos.grad] + [p.grad for _, p in sorted(model.named_parameters())]
+        assert data.pred is out and data.resi.pred is out
+    scale = outputs["reference"].abs().max()
+    assert scale > 0
+    assert (outputs["ours"] - outputs["reference"]).abs().max() <= 1e-5 * scale
+    for mine, theirs in zip(grads["ours"], grads["reference"]):
+        if theirs is None:  # a frozen parameter (the Fourier embedding's random frequencies)
+            assert mine is None
+            continue
+        assert (mine - theirs).abs().max() <= 1e-5 * theirs.abs().max() + 1e-12

@@ -1,6 +1,6 @@
 """Benchmarks of the book's code: ``python -m tpconv_lite.bench [--quick] [--json PATH] [--device DEVICE]``.
 
-Four sections, each a function that returns plain data (dicts, lists, floats) so that a notebook can plot it;
+Five sections, each a function that returns plain data (dicts, lists, floats) so that a notebook can plot it;
 :func:`run_benchmarks` runs them all and :func:`format_report` prints them:
 
 1. :func:`bench_conv_layer`: EigenFold's convolution layer as the original writes it
@@ -18,6 +18,11 @@ Four sections, each a function that returns plain data (dicts, lists, floats) so
 4. :func:`bench_memory`: the peak tensor memory of forward + backward of both layers, with and without
    checkpointing (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the allocations and frees recorded by
    ``torch.profiler``, replayed in order).
+5. :func:`bench_score_model`: EigenFold's whole score model (:class:`~tpconv_lite.reference.ReferenceScoreModel`,
+   built from the reference layer) against :class:`~tpconv_lite.score_model.ResiLevelTensorProductScoreModel` with
+   the same ``state_dict``, at EigenFold's sizes on one chain with the dense graph: the training step, its peak
+   memory, and the sampler's step; with the matrix-product operations of our step, their rate, and that rate as a
+   fraction of ``torch.mm``'s (:func:`matmul_rate`).
 
 Timing: in each case the contenders run alternately in one process, after warm-up runs, and each reports the
 median, min and max of its repeats (wall clock; CUDA is synchronised). The measuring tools are public, and the
@@ -50,7 +55,9 @@ from tpconv_lite import graph
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.fused import FusedTensorProduct, e3x_irreps, e3x_to_irreps
 from tpconv_lite.graph import edge_geometry, radius_graph, scatter
-from tpconv_lite.reference import ReferenceLayer
+from tpconv_lite.harmonic import HarmonicConfig, HarmonicDiffusion, reverse_step
+from tpconv_lite.reference import ReferenceLayer, ReferenceScoreModel
+from tpconv_lite.score_model import ChainBatch, ResiLevelTensorProductScoreModel, ScoreModelConfig
 
 # The score model's default layer (EigenFold's defaults: ns = 32, nv = 4, ntps = 16, ntpv = 4, fc_dim = 128,
 # sh_lmax = 2); from the fourth layer on, the irreps no longer grow.
@@ -75,12 +82,15 @@ class Settings:
     fused_batch: int
     graph_sizes: tuple[int, ...]
     memory_sizes: tuple[int, ...]
+    score_sizes: tuple[int, ...]
     warmup: int
     repeats: int
 
 
-QUICK = Settings((64, 128), (1, 2, 3, 4), 8, 256, (100, 1000, 10_000), (64,), warmup=1, repeats=3)
-FULL = Settings((64, 128, 256), tuple(range(1, 9)), 16, 512, (100, 1000, 3000, 10_000), (128,), warmup=2, repeats=7)
+QUICK = Settings((64, 128), (1, 2, 3, 4), 8, 256, (100, 1000, 10_000), (64,), (64,), warmup=1, repeats=3)
+FULL = Settings(
+    (64, 128, 256), tuple(range(1, 9)), 16, 512, (100, 1000, 3000, 10_000), (128,), (150, 300), warmup=2, repeats=7
+)
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict:
@@ -190,8 +200,7 @@ def dense_residue_graph(
         ``[node_attr (N, 60), edge_index (2, N(N-1)), edge_attr (E, 96), edge_sh (E, 9)]``.
     """
     generator = torch.Generator().manual_seed(seed)
-    steps = torch.randn(n_nodes, 3, generator=generator, dtype=torch.float64)
-    pos = (3.8 * steps / steps.norm(dim=1, keepdim=True)).cumsum(0)
+    pos = random_walk_chain(n_nodes, generator)
     src, dst = torch.meshgrid(torch.arange(n_nodes), torch.arange(n_nodes), indexing="ij")
     edge_index = torch.stack([src[src != dst], dst[src != dst]])
     _, _, edge_sh = edge_geometry(pos, edge_index, DEFAULT_LAYER["sh_irreps"])
@@ -500,21 +509,169 @@ def bench_memory(
     return rows
 
 
+# --- 5. the score model ------------------------------------------------------------------------------------------
+
+
+def random_walk_chain(n_residues: int, generator: torch.Generator) -> Tensor:
+    """(n, 3) float64 alpha carbons on a random walk of 3.8 Å steps."""
+    steps = torch.randn(n_residues, 3, generator=generator, dtype=torch.float64)
+    return (3.8 * steps / steps.norm(dim=1, keepdim=True)).cumsum(0)
+
+
+def score_model_batch(
+    n_residues: int, config: ScoreModelConfig, device: torch.device | str = "cpu", seed: int = 0
+) -> ChainBatch:
+    """One chain of ``n_residues`` for the score model, EigenFold's dense graph (all ``n (n - 1)`` ordered pairs).
+
+    Standard normal residue and pair features of the config's sizes, ``node_t`` = 0.5 and ``score_norm`` = 1.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pos = random_walk_chain(n_residues, generator).float()
+    node = torch.randn(n_residues, config.lm_node_dim, generator=generator)
+    pair = torch.randn(n_residues, n_residues, config.lm_edge_dim, generator=generator)
+    data = ChainBatch.from_chains([pos], [node], [pair], torch.tensor([0.5]), torch.tensor([1.0]))
+    resi = data.resi
+    for name in ("pos", "node_attr", "edge_index", "edge_attr_", "node_t", "batch"):
+        setattr(resi, name, getattr(resi, name).to(device))
+    data.score_norm = data.score_norm.to(device)
+    return data
+
+
+def default_score_models(
+    device: torch.device | str = "cpu", config: ScoreModelConfig | None = None
+) -> tuple[ReferenceScoreModel, ResiLevelTensorProductScoreModel]:
+    """EigenFold's model (:class:`~tpconv_lite.reference.ReferenceScoreModel`, default initialisation) and ours with
+    its ``state_dict``, float32, at EigenFold's sizes (``ScoreModelConfig()``) unless ``config`` says otherwise."""
+    config = config or ScoreModelConfig()
+    reference = ReferenceScoreModel(config).to(device)
+    ours = ResiLevelTensorProductScoreModel(config).to(device)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def training_step(model: nn.Module, data: ChainBatch, projection: Tensor) -> list[Tensor]:
+    """Forward and backward of ``(model(data) * projection).sum()`` in train mode: the output and the gradients of
+    the parameters, by name (the score model's counterpart of :func:`forward_backward`)."""
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    out = model(data)
+    (out * projection).sum().backward()
+    return [out.detach(), *(p.grad for _, p in sorted(model.named_parameters()))]
+
+
+def sampler_step(model: nn.Module, data: ChainBatch, diffusion: HarmonicDiffusion, noise: Tensor) -> Tensor:
+    """One step of the reverse diffusion: the model in eval mode without autograd, then
+    :func:`~tpconv_lite.harmonic.reverse_step` (the chain's first step of the schedule)."""
+    model.eval()
+    n = data.resi.pos.shape[0]
+    with torch.no_grad():
+        score = model(data)
+    sde, schedule = diffusion.sde(n), diffusion.schedule(n)
+    return reverse_step(sde, schedule, 0, data.resi.pos.to(sde.dtype), score.to(sde.dtype), noise)
+
+
+def matmul_rate(size: int = 1024, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """FLOP/s of ``torch.mm`` of two (size, size) float32 matrices: ``2 size**3`` operations, the fastest of
+    ``repeats`` runs, on the current threads."""
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    timing = time_side_by_side({"mm": lambda: torch.mm(a, b)}, 2, repeats, device)["mm"]
+    return 2 * size**3 / timing["min"]
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of the matrix products, convolutions and attention ``fn`` runs, forward and
+    backward, as ``torch.utils.flop_counter.FlopCounterMode`` counts them (elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_score_model(
+    sizes: Sequence[int] = (150, 300),
+    warmup: int = 1,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+    tick: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """EigenFold's score model against ours, same weights, EigenFold's sizes, one chain with the dense graph.
+
+    For each size: the training step (:func:`training_step`; EigenFold's layers checkpoint in training, ours too,
+    and ``ours, no checkpoint`` has its layers' ``checkpointing`` off), its peak tensor memory (:func:`memory_use`),
+    and the sampler's step (:func:`sampler_step`).
+
+    Returns:
+        Rows with ``n_residues, n_edges, pass ("training step" or "sampler step")``, the timings ``reference``,
+        ``ours`` (and ``ours, no checkpoint`` for training), ``speedup`` (reference / ours, medians),
+        ``speedup_of_fastest``, ``output_difference``, ``gradient_difference`` and, for training, ``peak`` (bytes,
+        per contender), ``flops`` (counted in our step: :func:`counted_flops`) and ``flop_rate`` (those operations
+        per second of our median step).
+    """
+    device = torch.device(device)
+    reference, ours = default_score_models(device)
+    ours_no_checkpoint = ResiLevelTensorProductScoreModel(ours.args).to(device)
+    ours_no_checkpoint.load_state_dict(ours.state_dict())
+    for layer in ours_no_checkpoint.conv_layers:
+        layer.checkpointing = False
+    models = {"reference": reference, "ours": ours, "ours, no checkpoint": ours_no_checkpoint}
+    diffusion = HarmonicDiffusion(HarmonicConfig(), device=device)
+    rows = []
+    for n in sizes:
+        data = score_model_batch(n, ours.args, device)
+        case = {"n_residues": n, "n_edges": data.resi.edge_index.shape[1]}
+        projection = torch.randn(n, 3, generator=torch.Generator().manual_seed(1)).to(device)
+        results = {}
+
+        def train(name: str) -> None:
+            results[name] = training_step(models[name], data, projection)
+
+        timings = time_side_by_side({name: functools.partial(train, name) for name in models}, warmup, repeats, device)
+        differences = [
+            [relative_difference(a, b) for a, b in zip(results[name], results["reference"])]
+            for name in ("ours", "ours, no checkpoint")
+        ]
+        peak = {name: memory_use(functools.partial(train, name), device)[0] for name in models}
+        flops = counted_flops(functools.partial(train, "ours"))
+        row = {**case, "pass": "training step", **_compared(timings, max(d[0] for d in differences),
+                                                              max(max(d[1:]) for d in differences))}  # fmt: skip
+        row.update({"ours, no checkpoint": timings["ours, no checkpoint"], "peak": peak, "flops": flops})
+        row["flop_rate"] = flops / timings["ours"]["median"]
+        rows.append(row)
+        if tick:
+            tick(f"score model N={n} training step")
+
+        noise = torch.randn(n, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+        steps = {name: functools.partial(sampler_step, models[name], data, diffusion, noise) for name in models}
+        del steps["ours, no checkpoint"]  # the same model as ours in eval mode
+        outputs = {name: step() for name, step in steps.items()}
+        timings = time_side_by_side(steps, warmup, repeats, device)
+        difference = relative_difference(outputs["ours"], outputs["reference"])
+        rows.append({**case, "pass": "sampler step", **_compared(timings, difference, None)})
+        if tick:
+            tick(f"score model N={n} sampler step")
+    return rows
+
+
 # --- all of it ---------------------------------------------------------------------------------------------------
 
 
 def run_benchmarks(
     quick: bool = True, device: str = "cpu", progress: bool = True, settings: Settings | None = None
 ) -> dict:
-    """All four sections with ``QUICK`` or ``FULL`` settings (or ``settings``); a dict a notebook can plot.
+    """All five sections with ``QUICK`` or ``FULL`` settings (or ``settings``); a dict a notebook can plot.
 
     Returns:
-        ``{"machine", "settings", "conv_layer", "fused", "graph", "memory"}``, see each ``bench_*`` function.
+        ``{"machine", "settings", "conv_layer", "fused", "graph", "memory", "score_model", "matmul_rate"}``, see
+        each ``bench_*`` function and :func:`matmul_rate` (FLOP/s of a 1024 x 1024 float32 ``torch.mm``).
     """
     settings = settings or (QUICK if quick else FULL)
     device = torch.device(device)
     total = 6 * len(settings.conv_sizes) + len(settings.fused_degrees) + len(settings.graph_sizes)
-    total += 4 * len(settings.memory_sizes)
+    total += 4 * len(settings.memory_sizes) + 2 * len(settings.score_sizes)
     bar = tqdm(total=total, desc="tpconv_lite.bench", file=sys.stderr) if progress else None
 
     def tick(description: str) -> None:
@@ -531,6 +688,8 @@ def run_benchmarks(
             "fused": bench_fused(settings.fused_degrees, settings.fused_features, settings.fused_batch, **repeats),
             "graph": bench_graph(settings.graph_sizes, **repeats),
             "memory": bench_memory(settings.memory_sizes, device=device, tick=tick),
+            "score_model": bench_score_model(settings.score_sizes, **repeats),
+            "matmul_rate": matmul_rate(device=device),
         }
     finally:
         if bar is not None:
@@ -610,6 +769,32 @@ def format_report(results: dict) -> str:
     ]
     header = ["N", "attention", "checkpoint", "saved reference", "saved ours", "peak reference", "peak ours"]
     parts.append(_table(header, rows))
+
+    rate = results["matmul_rate"]
+    parts += ["", "5. ResiLevelTensorProductScoreModel (ours) vs EigenFold's model (reference), EigenFold's sizes, one "
+              "chain, dense graph, float32"]  # fmt: skip
+    rows = []
+    for r in results["score_model"]:
+        training = r["pass"] == "training step"
+        grad = "-" if r["gradient_difference"] is None else f"{r['gradient_difference']:.1e}"
+        rows.append([
+            r["n_residues"], r["n_edges"], r["pass"], _ms(r["reference"]), _ms(r["ours"]),
+            _ms(r["ours, no checkpoint"]) if training else "-", f"{r['speedup']:.2f}x",
+            _ratio(r["reference"], r["ours, no checkpoint"]) if training else "-",
+            f"{r['output_difference']:.1e}", grad,
+        ])  # fmt: skip
+    header = ["N", "E", "pass", "reference ms", "ours ms", "ours no-ckpt ms", "speedup", "(no-ckpt)"]
+    parts.append(_table(header + ["out diff", "grad diff"], rows))
+    rows = [
+        [r["n_residues"]] + [f"{r['peak'][name] / 2**20:.0f}" for name in ("reference", "ours", "ours, no checkpoint")]
+        + [f"{r['peak']['ours'] / r['peak']['reference']:.2f}", f"{r['flops'] / 1e9:.1f}",
+           f"{r['flop_rate'] / 1e9:.1f}", f"{r['flop_rate'] / rate:.0%}"]
+        for r in results["score_model"] if r["pass"] == "training step"
+    ]  # fmt: skip
+    header = ["N", "peak reference MB", "peak ours MB", "peak no-ckpt MB", "ours/reference", "GFLOP", "GFLOP/s"]
+    parts.append(_table(header + ["of torch.mm"], rows))
+    parts.append(f"torch.mm, 1024 x 1024 float32: {rate / 1e9:.1f} GFLOP/s; GFLOP counts the matrix products of our "
+                 "training step (torch.utils.flop_counter)")  # fmt: skip
     return "\n".join(parts)
 
 

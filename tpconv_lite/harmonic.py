@@ -677,6 +677,31 @@ def harmonic_loss(data: ChainBatch, pred: Tensor, score: Tensor) -> tuple[Tensor
     return score_matching_loss(score, pred, data.score_norm[data.resi.batch])
 
 
+def reverse_step(
+    sde: HarmonicSDE, schedule: Schedule, i: int, y: Tensor, score: Tensor, noise: Tensor | None
+) -> Tensor:
+    """Step ``i`` of EigenFold's reverse process for one chain: positions at ``schedule.ts[i]`` to the next time.
+
+    ``dy = -(1 + alpha beta) J y dt / 2 + (1 + alpha beta / 2) score dt + sqrt((1 + alpha) dt) noise``, with ``J`` the
+    chain's harmonic matrix ``P diag(D) P^T``, projected on the first ``schedule.ks[i]`` modes.
+
+    Args:
+        sde, schedule: the chain's :class:`PolymerSDE` and :class:`Schedule`.
+        i: the step, ``0 <= i < schedule.N``.
+        y: (n, 3) positions; score: (n, 3) the model's (adjusted) score at ``y`` and ``schedule.ts[i]``.
+        noise: (n, 3) standard normal draws, or None for a step without noise.
+
+    Returns:
+        (n, 3) the positions after the step.
+    """
+    dt = schedule.dt[i].item()
+    dy = -(1 + schedule.alpha * schedule.beta) * ((sde.P * sde.D) @ (sde.P.T @ y)) * dt / 2
+    dy = dy + (1 + schedule.alpha * schedule.beta / 2) * score * dt
+    if noise is not None:
+        dy = dy + math.sqrt(dt * (1 + schedule.alpha)) * noise
+    return y + sde.project(dy, int(schedule.ks[i]))
+
+
 def _check_not_diverged(pos: Tensor, chain: int, step: int, n_steps: int, t: float) -> None:
     """Raise RuntimeError when a chain of the reverse process left all physical scales: non-finite positions, or a
     residue farther from the centre than ten times the length of the fully stretched chain (10 x 3.8 Å per residue).
@@ -862,11 +887,8 @@ class HarmonicDiffusion:
             ).to(model_dtype)
             scores = model(data).to(self.dtype).split([sdes[b].N for b in active])
             for j, b in enumerate(active):
-                sde, sched, dt = sdes[b], scheds[b], scheds[b].dt[i].item()
-                dY = -(1 + sched.alpha * sched.beta) * ((sde.P * sde.D) @ (sde.P.T @ Y[b])) * dt / 2
-                dY = dY + (1 + sched.alpha * sched.beta / 2) * scores[j] * dt
-                if c.inf_noise_last_step or i < sched.N - 1:
-                    dY = dY + math.sqrt(dt * (1 + sched.alpha)) * _randn(Y[b].shape, gens[b], self.dtype, self.device)
-                Y[b] = Y[b] + sde.project(dY, ks[j])
-                _check_not_diverged(Y[b], b, i, sched.N, ts[j])
+                noisy = c.inf_noise_last_step or i < scheds[b].N - 1
+                noise = _randn(Y[b].shape, gens[b], self.dtype, self.device) if noisy else None
+                Y[b] = reverse_step(sdes[b], scheds[b], i, Y[b], scores[j], noise)
+                _check_not_diverged(Y[b], b, i, scheds[b].N, ts[j])
         return Y
