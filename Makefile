@@ -24,7 +24,7 @@ endif
 NBVAL := -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 NOTEBOOKS ?= $(sort $(wildcard tutorials/[0-9][0-9]_*.py))
 
-.PHONY: book test test-slow test-torch execute venv browser clean pyg pyg-wheels colab-check pretrained pretrained-samples
+.PHONY: book test test-slow test-torch gpu-check execute venv browser clean pyg pyg-wheels colab-check pretrained pretrained-samples
 
 book: $(STAMP)  ## build the book into _build/html (offline, warnings are errors)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
@@ -42,6 +42,12 @@ test-torch: $(STAMP)  ## unit tests and nbval over every chapter again, torch-sc
 	  $(BIN)/python -m pytest tests tutorials $(NBVAL) \
 	  --ignore=tests/test_book.py --ignore=tests/test_browser.py; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; exit $$status
+
+gpu-check: $(STAMP)  ## on a CUDA machine: nbval over every chapter, then the benchmark on the GPU (fails without one)
+	@$(BIN)/python -c "import sys, torch; sys.exit(None if torch.cuda.is_available() else \
+	  f'make gpu-check needs a CUDA GPU, and torch {torch.__version__} sees none (torch.cuda.is_available() is False)')"
+	$(BIN)/python -m pytest tutorials --ignore-glob="tutorials/*.py" $(NBVAL) --durations=0
+	$(BIN)/python -m tpconv_lite.bench --quick --device cuda --no-progress
 
 execute: $(STAMP)  ## regenerate each chapter's .ipynb from its .py and run it top to bottom in a clean kernel
 	@for py in $(NOTEBOOKS); do \

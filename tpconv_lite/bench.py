@@ -540,10 +540,13 @@ def score_model_batch(
 def default_score_models(
     device: torch.device | str = "cpu", config: ScoreModelConfig | None = None
 ) -> tuple[ReferenceScoreModel, ResiLevelTensorProductScoreModel]:
-    """EigenFold's model (:class:`~tpconv_lite.reference.ReferenceScoreModel`, default initialisation) and ours with
-    its ``state_dict``, float32, at EigenFold's sizes (``ScoreModelConfig()``) unless ``config`` says otherwise."""
+    """EigenFold's model (:class:`~tpconv_lite.reference.ReferenceScoreModel`, default initialisation with seed 0)
+    and ours with its ``state_dict``, float32, at EigenFold's sizes (``ScoreModelConfig()``) unless ``config`` says
+    otherwise."""
     config = config or ScoreModelConfig()
-    reference = ReferenceScoreModel(config).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reference = ReferenceScoreModel(config).to(device)
     ours = ResiLevelTensorProductScoreModel(config).to(device)
     ours.load_state_dict(reference.state_dict())
     return reference, ours
@@ -601,8 +604,8 @@ def bench_score_model(
     """EigenFold's score model against ours, same weights, EigenFold's sizes, one chain with the dense graph.
 
     For each size: the training step (:func:`training_step`; EigenFold's layers checkpoint in training, ours too,
-    and ``ours, no checkpoint`` has its layers' ``checkpointing`` off), its peak tensor memory (:func:`memory_use`),
-    and the sampler's step (:func:`sampler_step`).
+    and ``ours, no checkpoint`` has the ``checkpointing`` of its embedding and its layers off), its peak tensor
+    memory (:func:`memory_use`), and the sampler's step (:func:`sampler_step`).
 
     Returns:
         Rows with ``n_residues, n_edges, pass ("training step" or "sampler step")``, the timings ``reference``,
@@ -615,6 +618,7 @@ def bench_score_model(
     reference, ours = default_score_models(device)
     ours_no_checkpoint = ResiLevelTensorProductScoreModel(ours.args).to(device)
     ours_no_checkpoint.load_state_dict(ours.state_dict())
+    ours_no_checkpoint.checkpointing = False
     for layer in ours_no_checkpoint.conv_layers:
         layer.checkpointing = False
     models = {"reference": reference, "ours": ours, "ours, no checkpoint": ours_no_checkpoint}

@@ -173,6 +173,8 @@ class TensorProductConvLayer(nn.Module):
         residual: bool = True,
         out_nodes: int | None = None,
         reduce: str = "mean",
+        *,
+        end_scalars: int = 0,
     ) -> Tensor:
         """Update the node features from the incoming edges.
 
@@ -186,16 +188,25 @@ class TensorProductConvLayer(nn.Module):
             residual: add the input (through ``lin_self`` or zero-padded) and apply the batch norm.
             out_nodes: number of target nodes (default N); must be N when ``residual`` is True.
             reduce: ``"mean"``, ``"sum"`` or ``"max"`` over the incoming messages (ignored with attention).
+            end_scalars: ``k``, to append the scalars of both ends to the edge features here. EigenFold's model
+                feeds each layer ``cat([e, node_attr[src, :k], node_attr[dst, :k]])``; with ``end_scalars=k``,
+                ``edge_attr`` is ``e`` alone, (E, n_edge_features - 2k), and the edge MLPs' first linear layer
+                maps the three parts separately, the ends once per node: the same numbers up to float rounding,
+                without the (E, n_edge_features) concatenation. The first ``k`` components of ``in_irreps`` must be
+                scalars ``0e``.
 
         Returns:
             (out_nodes, out_irreps.dim) node features. Nodes without incoming edges get zero messages.
         """
-        out_nodes = self._check_inputs(node_attr, edge_index, edge_attr, edge_sh, residual, out_nodes, reduce)
+        out_nodes = self._check_inputs(
+            node_attr, edge_index, edge_attr, edge_sh, residual, out_nodes, reduce, end_scalars
+        )
         node_attr_in = self.lin_in(node_attr)
         edge_src, edge_dst = edge_index
+        ends = node_attr[:, :end_scalars] if end_scalars else None
 
         aggregate = self._attend if self.attention else self._convolve
-        args = (node_attr_in, edge_src, edge_dst, edge_sh, edge_attr, out_nodes, reduce)
+        args = (node_attr_in, edge_src, edge_dst, edge_sh, edge_attr, ends, out_nodes, reduce)
         if self.training and self.checkpointing:
             out = checkpoint(aggregate, *args, use_reentrant=False)
         else:
@@ -219,11 +230,19 @@ class TensorProductConvLayer(nn.Module):
         edge_dst: Tensor,
         edge_sh: Tensor,
         edge_attr: Tensor,
+        ends: Tensor | None,
         out_nodes: int,
         reduce: str,
     ) -> Tensor:
-        """Messages ``tp(x_j, Y_ij, fc(e_ij))`` reduced onto the targets: (out_nodes, out_tp_irreps.dim)."""
-        messages = self._messages(self.tp, self.fc, node_attr_in[edge_src], edge_sh, edge_attr)
+        """Messages ``tp(x_j, Y_ij, fc(e_ij))`` reduced onto the targets: (out_nodes, out_tp_irreps.dim).
+
+        The same numbers as calling ``tp`` on ``fc``'s output, up to float rounding, computed by
+        :func:`~tpconv_lite.fast_tp.linear_weighted_tensor_product`: the MLP's last linear layer is evaluated block
+        by block, in the order in which the tensor product uses its weights.
+        """
+        hidden = self._hidden(self.fc, edge_attr, ends, edge_src, edge_dst)
+        sources = node_attr_in.index_select(0, edge_src)  # node_attr_in[edge_src]; see _hidden
+        messages = linear_weighted_tensor_product(self.tp, sources, edge_sh, hidden, self.fc[-1])
         return scatter(messages, edge_dst, dim=0, dim_size=out_nodes, reduce=reduce)
 
     def _attend(
@@ -233,6 +252,7 @@ class TensorProductConvLayer(nn.Module):
         edge_dst: Tensor,
         edge_sh: Tensor,
         edge_attr: Tensor,
+        ends: Tensor | None,
         out_nodes: int,
         reduce: str,
     ) -> Tensor:
@@ -241,27 +261,38 @@ class TensorProductConvLayer(nn.Module):
         ``reduce`` is ignored: the weights of each target already sum to one.
         """
         keys, values = linear_weighted_tensor_products(
-            [(self.tp_k, self.fc_k[:-1](edge_attr), self.fc_k[-1]), (self.tp, self.fc[:-1](edge_attr), self.fc[-1])],
-            node_attr_in[edge_src],
+            [(tp, self._hidden(fc, edge_attr, ends, edge_src, edge_dst), fc[-1]) for tp, fc in
+             ((self.tp_k, self.fc_k), (self.tp, self.fc))],
+            node_attr_in.index_select(0, edge_src),
             edge_sh,
-        )
+        )  # fmt: skip
         # dot(query_i, key_ij) for every edge, through the matrix of the bilinear map `dot`: a product per node
         query_m = torch.einsum("ni,ijo->njo", self.h_q(node_attr_in), bilinear_matrix(self.dot))  # (N, key dim, 1)
-        logits = (query_m[edge_dst] * keys.unsqueeze(-1)).sum(1)  # (E, 1)
+        logits = (query_m.index_select(0, edge_dst) * keys.unsqueeze(-1)).sum(1)  # (E, 1)
         alpha = edge_softmax(logits, edge_dst, out_nodes)
         return scatter(alpha * values, edge_dst, dim=0, dim_size=out_nodes)
 
     @staticmethod
-    def _messages(
-        tp: o3.TensorProduct, fc: nn.Sequential, sources: Tensor, edge_sh: Tensor, edge_attr: Tensor
+    def _hidden(
+        mlp: nn.Sequential, edge_attr: Tensor, ends: Tensor | None, edge_src: Tensor, edge_dst: Tensor
     ) -> Tensor:
-        """``tp(x_j, Y_ij, fc(e_ij))`` for every edge: (E, tp.irreps_out.dim).
+        """``mlp[:-1]``, the edge MLP but its last linear layer, of the edge features: (E, fc_dim).
 
-        The same numbers as calling ``tp`` on ``fc``'s output, up to float rounding, computed by
-        :func:`~tpconv_lite.fast_tp.linear_weighted_tensor_product`: the MLP's last linear layer is evaluated block
-        by block, in the order in which the tensor product uses its weights.
+        With ``ends`` (N, k), the features are ``cat([edge_attr, ends[edge_src], ends[edge_dst]])``: the first linear
+        layer maps the three parts with the matching columns of its weight, ``ends`` once per node, and adds them.
+
+        The per-node rows go to the edges with ``index_select``: the same gather as ``by_source[edge_src]``, whose
+        backward pass sums into the nodes with ``index_add_``, several times faster on a CPU than the accumulating
+        ``index_put_`` of indexing.
         """
-        return linear_weighted_tensor_product(tp, sources, edge_sh, fc[:-1](edge_attr), fc[-1])
+        if ends is None:
+            return mlp[:-1](edge_attr)
+        first, m, k = mlp[0], edge_attr.shape[1], ends.shape[1]
+        by_source = F.linear(ends, first.weight[:, m : m + k])  # (N, fc_dim)
+        by_target = F.linear(ends, first.weight[:, m + k :])
+        pre = F.linear(edge_attr, first.weight[:, :m], first.bias)
+        pre = pre + by_source.index_select(0, edge_src) + by_target.index_select(0, edge_dst)
+        return mlp[1:-1](pre)
 
     def _check_inputs(
         self,
@@ -272,6 +303,7 @@ class TensorProductConvLayer(nn.Module):
         residual: bool,
         out_nodes: int | None,
         reduce: str,
+        end_scalars: int,
     ) -> int:
         """Raise a ValueError/TypeError naming what was expected and what came; return the number of targets."""
         tensors = {"node_attr": node_attr, "edge_index": edge_index, "edge_attr": edge_attr, "edge_sh": edge_sh}
@@ -296,11 +328,21 @@ class TensorProductConvLayer(nn.Module):
         if edge_index.dtype != torch.long:
             raise TypeError(f"edge_index must have dtype torch.int64, got {edge_index.dtype}")
         n, e = node_attr.shape[0], edge_index.shape[1]
-        if edge_attr.shape != (e, self.n_edge_features):
+        if not isinstance(end_scalars, int) or not 0 <= 2 * end_scalars <= self.n_edge_features:
             raise ValueError(
-                f"edge_attr must have shape (E, n_edge_features) = ({e}, {self.n_edge_features}), "
-                f"got {tuple(edge_attr.shape)}"
+                f"end_scalars must be an integer from 0 to n_edge_features / 2 = {self.n_edge_features // 2}, "
+                f"got {end_scalars!r}"
             )
+        leading = [ir for mul, ir in self.in_irreps for _ in range(mul)][:end_scalars]
+        if any(ir != o3.Irrep("0e") for ir in leading) or len(leading) < end_scalars:
+            raise ValueError(
+                f"end_scalars={end_scalars} appends the first {end_scalars} node features to the edge features, so "
+                f"they must be scalars 0e; in_irreps is {self.in_irreps}"
+            )
+        width = self.n_edge_features - 2 * end_scalars
+        if edge_attr.shape != (e, width):
+            what = "n_edge_features" if not end_scalars else f"n_edge_features - 2 end_scalars = {width}"
+            raise ValueError(f"edge_attr must have shape (E, {what}) = ({e}, {width}), got {tuple(edge_attr.shape)}")
         if edge_sh.shape != (e, self.sh_irreps.dim):
             raise ValueError(
                 f"edge_sh must have shape (E, {self.sh_irreps.dim}) = ({e}, {self.sh_irreps.dim}) for sh_irreps "

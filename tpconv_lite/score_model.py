@@ -51,6 +51,7 @@ from dataclasses import dataclass, fields
 import torch
 from e3nn import o3
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.embeddings import get_timestep_embedding, sinusoidal_embedding
@@ -288,6 +289,11 @@ class ResiLevelTensorProductScoreModel(nn.Module):
     Args:
         args: a :class:`ScoreModelConfig`, or an argparse Namespace with its fields (EigenFold's ``args``).
 
+    Attributes:
+        checkpointing: in training mode, recompute the embedded node and edge scalars and the edge harmonics
+            (:meth:`embed`) during backward instead of keeping the per-edge intermediates (True by default; each
+            conv layer has its own ``checkpointing``, for its message passing). The same outputs and gradients.
+
     Example:
         >>> config = ScoreModelConfig(resi_conv_layers=2, resi_ns=8, lm_node_dim=2, lm_edge_dim=2)
         >>> model = ResiLevelTensorProductScoreModel(config)
@@ -341,6 +347,7 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         self.resi_final_tp = o3.FullyConnectedTensorProduct(
             out_irreps, out_irreps, "1x1o + 1x1e" if args.parity else "1x1o", internal_weights=True
         )
+        self.checkpointing = True
 
     def embed_length(self, length: Tensor) -> Tensor:
         """Embed edge lengths (E,) as (E, radius_emb_dim): Gaussians or sinusoids on ``sqrt(length)`` by default.
@@ -397,16 +404,16 @@ class ResiLevelTensorProductScoreModel(nn.Module):
             to ``data.pred`` and ``data['resi'].pred``, as EigenFold's model does.
         """
         score_norm = self._check_input(data)
-        node_attr, edge_index, edge_attr, edge_sh = self.build_conv_graph(data)
-        node_attr = self.resi_node_embedding(node_attr)
-        edge_attr = self.resi_edge_embedding(edge_attr)
+        if self.training and self.checkpointing:
+            node_attr, edge_attr, edge_sh = checkpoint(self.embed, data, use_reentrant=False)
+        else:
+            node_attr, edge_attr, edge_sh = self.embed(data)
 
-        src, dst = edge_index
-        ns = self.args.resi_ns
+        edge_index = data["resi"].edge_index
         for layer in self.conv_layers:
-            # the first ns columns of the node features are its scalars
-            layer_edge_attr = torch.cat([edge_attr, node_attr[src, :ns], node_attr[dst, :ns]], dim=-1)
-            node_attr = layer(node_attr, edge_index, layer_edge_attr, edge_sh)
+            # each layer sees cat([edge_attr, node_attr[src, :ns], node_attr[dst, :ns]]), the first ns node features
+            # being scalars; the layer appends them itself, without building the concatenation
+            node_attr = layer(node_attr, edge_index, edge_attr, edge_sh, end_scalars=self.args.resi_ns)
 
         out = self.resi_final_tp(node_attr, node_attr)
         if self.args.parity:
@@ -415,6 +422,15 @@ class ResiLevelTensorProductScoreModel(nn.Module):
         data["resi"].pred = out
         data.pred = out
         return out
+
+    def embed(self, data: ChainBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`build_conv_graph`'s scalars through the embedding MLPs, and the edge harmonics.
+
+        Returns:
+            ``(node_attr, edge_attr, edge_sh)``: (N, resi_ns), (E, resi_ns), (E, sh_irreps.dim).
+        """
+        node_attr, _, edge_attr, edge_sh = self.build_conv_graph(data)
+        return self.resi_node_embedding(node_attr), self.resi_edge_embedding(edge_attr), edge_sh
 
     @classmethod
     def from_eigenfold(
