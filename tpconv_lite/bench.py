@@ -11,7 +11,8 @@ Five sections, each a function that returns plain data (dicts, lists, floats) so
    timing: the largest relative difference of the outputs and of the gradients, ``max |ours - ref| / max |ref|``.
 2. :func:`bench_fused`: e3x's fused tensor product (:class:`~tpconv_lite.fused.FusedTensorProduct`) against the
    full channel-wise tensor product (every path ``l1 x l2 -> l3`` up to ``L``, feature ``u`` with feature ``u``:
-   e3nn's ``"uuu"`` paths), forward, for ``L = 1..8``, with the slopes of ``log time`` against ``log L``.
+   e3nn's ``"uuu"`` paths), forward, for ``L = 1..8``, with the slopes of ``log time`` against ``log L``; and
+   against e3x's own jitted ``FusedTensor`` where jax and e3x are installed.
 3. :func:`bench_graph`: ``tpconv_lite.graph``'s pure-torch backend against torch_cluster / torch_scatter, for
    ``radius_graph`` and ``scatter``, on uniform clouds of up to 10**4 points (the compiled side is skipped when
    the packages are missing).
@@ -328,6 +329,25 @@ def full_channelwise_tensor_product(num_features: int, max_degree: int) -> o3.Te
     return o3.TensorProduct(irreps, irreps, irreps, paths)
 
 
+def e3x_fused_tensor(max_degree: int, x: Tensor, y: Tensor) -> Callable[[], object] | None:
+    """e3x's own ``FusedTensor`` (JAX, jitted) of ``x`` and ``y``, as a function of no arguments to time; None when
+    jax or e3x is not installed (neither is a dependency: ``pip install jax e3x``).
+
+    ``x`` and ``y`` are (batch, 1, (max_degree + 1)**2, F), e3x's layout and :class:`FusedTensorProduct`'s; they are
+    copied to JAX once. The first call compiles.
+    """
+    try:
+        import e3x
+        import jax
+    except ImportError:
+        return None
+    module = e3x.nn.FusedTensor(max_degree=max_degree, include_pseudotensors=False)
+    x_jax, y_jax = (jax.numpy.asarray(t.detach().cpu().numpy()) for t in (x, y))
+    params = module.init(jax.random.PRNGKey(0), x_jax, y_jax)
+    apply = jax.jit(module.apply)
+    return lambda: apply(params, x_jax, y_jax).block_until_ready()
+
+
 def bench_fused(
     degrees: Sequence[int] = (1, 2, 3, 4),
     num_features: int = 8,
@@ -337,12 +357,13 @@ def bench_fused(
     device: str | torch.device = "cpu",
     tick: Callable[[str], None] | None = None,
 ) -> dict:
-    """Forward time of the fused and of the full channel-wise tensor product of two inputs of degrees up to ``L``.
+    """Forward time of the fused and of the full channel-wise tensor product of two inputs of degrees up to ``L``,
+    and of e3x's own jitted ``FusedTensor`` where jax and e3x are installed (:func:`e3x_fused_tensor`).
 
     Returns:
-        ``{"rows": [{"max_degree", "paths", "full", "fused"}, ...], "slope_full", "slope_fused"}``: times in
-        seconds, slopes of ``log(median time)`` against ``log L`` fitted over ``L >= 2`` (at ``L = 1`` the fixed
-        cost of a call dominates).
+        ``{"rows": [{"max_degree", "paths", "full", "fused", "e3x"}, ...], "slope_full", "slope_fused"}``: times in
+        seconds (``e3x`` None without e3x), slopes of ``log(median time)`` against ``log L`` fitted over ``L >= 2``
+        (at ``L = 1`` the fixed cost of a call dominates).
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
@@ -353,11 +374,13 @@ def bench_fused(
         x, y = (torch.randn(batch, 1, (max_degree + 1) ** 2, num_features, generator=generator) for _ in range(2))
         x, y = x.to(device), y.to(device)
         (x_flat, _), (y_flat, _) = e3x_to_irreps(x), e3x_to_irreps(y)  # the same numbers in e3nn's layout
+        contenders = {"full": lambda: full(x_flat, y_flat), "fused": lambda: fused(x, y)}
+        e3x_fused = e3x_fused_tensor(max_degree, x, y)
+        if e3x_fused is not None:
+            contenders["e3x"] = e3x_fused
         with torch.no_grad():
-            timings = time_side_by_side(
-                {"full": lambda: full(x_flat, y_flat), "fused": lambda: fused(x, y)}, warmup, repeats, device
-            )
-        rows.append({"max_degree": max_degree, "paths": len(full.instructions), **timings})
+            timings = time_side_by_side(contenders, warmup, repeats, device)
+        rows.append({"max_degree": max_degree, "paths": len(full.instructions), "e3x": None, **timings})
         if tick:
             tick(f"fused L={max_degree}")
     fit = [row for row in rows if row["max_degree"] >= 2]
@@ -750,10 +773,11 @@ def format_report(results: dict) -> str:
     parts += ["", f"2. Fused vs full channel-wise tensor product, forward, F={fused['num_features']}, "
               f"batch={fused['batch']}"]  # fmt: skip
     rows = [
-        [r["max_degree"], r["paths"], _ms(r["full"]), _ms(r["fused"]), _ratio(r["full"], r["fused"])]
+        [r["max_degree"], r["paths"], _ms(r["full"]), _ms(r["fused"]), _ratio(r["full"], r["fused"]), _ms(r["e3x"]),
+         _ratio(r["fused"], r["e3x"]) if r["e3x"] else "-"]
         for r in fused["rows"]
-    ]
-    parts.append(_table(["L", "paths", "full ms", "fused ms", "full/fused"], rows))
+    ]  # fmt: skip
+    parts.append(_table(["L", "paths", "full ms", "fused ms", "full/fused", "e3x ms", "fused/e3x"], rows))
     slopes = [f"{name} {fused['slope_' + name]:.2f}" for name in ("full", "fused") if fused["slope_" + name]]
     parts.append("log-log slopes over L >= 2: " + (", ".join(slopes) if slopes else "n/a"))
 
