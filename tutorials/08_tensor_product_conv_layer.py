@@ -552,6 +552,11 @@ class TensorProductConvLayer(nn.Module):
             self.dot = o3.FullyConnectedTensorProduct(key_irreps, key_irreps, "0e")
         self.batch_norm = BatchNorm(self.out_irreps) if batch_norm else None
         self._padding_lines_up = _padding_lines_up(self.in_irreps, self.out_irreps)
+        self._leading_scalars = 0  # the scalars 0e at the start of in_irreps: the most that end_scalars may take
+        for mul, ir in self.in_irreps:
+            if ir != o3.Irrep("0e"):
+                break
+            self._leading_scalars += mul
 
     def forward(
         self,
@@ -723,8 +728,7 @@ class TensorProductConvLayer(nn.Module):
                 f"end_scalars must be an integer from 0 to n_edge_features / 2 = {self.n_edge_features // 2}, "
                 f"got {end_scalars!r}"
             )
-        leading = [ir for mul, ir in self.in_irreps for _ in range(mul)][:end_scalars]
-        if any(ir != o3.Irrep("0e") for ir in leading) or len(leading) < end_scalars:
+        if end_scalars > self._leading_scalars:
             raise ValueError(
                 f"end_scalars={end_scalars} appends the first {end_scalars} node features to the edge features, so "
                 f"they must be scalars 0e; in_irreps is {self.in_irreps}"
