@@ -121,14 +121,27 @@ def test_under_torchrun_each_process_writes_its_share(checkpoint: Path, tmp_path
     monkeypatch.setattr(sample_module, "load_dataset", lambda split: short)
     arguments = ["--checkpoint", str(checkpoint), "--test", "--no-progress", "--threads", "1"]
     main([*arguments, "--out", str(tmp_path / "one")])
+    written = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        written = main([*arguments, "--out", str(tmp_path / "two")])
-        assert [p.stem for p in written] == [c.name for c in short[rank::2]]
+        written.append([p.stem for p in main([*arguments, "--out", str(tmp_path / "two")])])
+    assert written == [[c.name for c in short[0::2]], [short[1].name]]  # equal lengths: dealt out in turn
     for chain in short:
         name = f"{chain.name}.pdb"
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_shares_balance_the_sampling_work() -> None:
+    lengths = [len(c) for c in load_dataset("test")]
+    costs = [n**2 for n in lengths]
+    split = sample_module.shares(costs, 2)
+    assert sorted(i for share in split for i in share) == list(range(len(lengths)))  # each chain once
+    work = [sum(costs[i] for i in share) for share in split]
+    assert max(work) / min(work) < 1.05  # the round-robin split r, r + 2, ... gives 1.15 here
+    assert sample_module.shares([3.0, 1.0], 4) == [[0], [1], [], []]
+    with pytest.raises(ValueError, match="world_size must be >= 1, got 0"):
+        sample_module.shares([1.0], 0)
 
 
 def test_the_pretrained_model_ships_with_its_log_and_samples() -> None:

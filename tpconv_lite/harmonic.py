@@ -539,7 +539,9 @@ class HarmonicConfig:
         train_rmsd_max: caps the largest training RMSD (Å) when positive (0: no cap).
         inf_type: ``"rate"`` (:class:`RateSchedule`) or ``"entropy"`` (:class:`EntropySchedule`) for sampling.
         inf_step: step of the sampling schedule, and of the entropy schedule that tabulates ``t(rmsd)``.
-        alpha, beta: extra Langevin noise ``alpha`` and its drift weight ``beta`` in the reverse step.
+        alpha, beta: extra Langevin noise ``alpha`` and its drift weight ``beta`` in the reverse step. The extra
+            part of a step is a Langevin step of size ``alpha dt`` on ``p_t ** beta``: ``beta`` is an inverse
+            temperature (1: unbiased; above 1: sharper than ``p_t``).
         inf_tmin: end time of sampling (``None``: ``train_tmin``).
         inf_noise_last_step: whether the last reverse step adds noise (EigenFold: yes).
     """

@@ -14,19 +14,20 @@ schedule so that the longest chain takes N reverse steps (shorter chains take fe
 
 Each chain draws its noise from its own generator seeded from ``--seed`` and its position in the list, so a
 chain's sample does not depend on which other chains are sampled with it. That is what lets the command run
-under ``torchrun --nproc_per_node P``: process ``r`` samples the chains ``r, r + P, ...`` and writes their files,
-and the files are the same as one process writes (no process group is needed; on several machines ``--out``
-must be a shared folder).
+under ``torchrun --nproc_per_node P``: each process samples its share of the chains (:func:`shares`: about the
+same work for each, longest chains first) and writes their files, and the files are the same as one process
+writes (no process group is needed; on several machines ``--out`` must be a shared folder).
 
 Without ``--checkpoint`` the command samples the pretrained model that ships with the package
 (``tpconv_lite/assets/README.md``: how it was trained, and how its samples score). Its held-out samples in
-``PRETRAINED_SAMPLES`` were written with ``--alpha 2 --beta 3 --inf-step 0.7`` (``PRETRAINED_SAMPLING``). It was
-trained on chains of 79 to 173 residues; far outside that range its scores can blow a chain up, and sampling then
-stops with an error rather than writing it.
+``PRETRAINED_SAMPLES`` were written with ``--alpha 2 --beta 8 --inf-step 1.4`` (``PRETRAINED_SAMPLING``: a low
+temperature, see :class:`~tpconv_lite.harmonic.HarmonicConfig`). It was trained on chains of 79 to 173 residues;
+far outside that range its scores can blow a chain up, and sampling then stops with an error rather than writing
+it.
 
 Examples::
 
-    python -m tpconv_lite.sample --test --alpha 2 --beta 3 --inf-step 0.7 --out samples/   # the pretrained model
+    python -m tpconv_lite.sample --test --alpha 2 --beta 8 --inf-step 1.4 --out samples/   # the pretrained model
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
     torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
@@ -57,7 +58,7 @@ PRETRAINED = Path(__file__).parent / "assets" / "pretrained.pt"
 # the sampling settings PRETRAINED_SAMPLING (the same README gives the command).
 PRETRAINED_LOG = Path(__file__).parent / "assets" / "pretrained_log.jsonl"
 PRETRAINED_SAMPLES = Path(__file__).parent / "assets" / "pretrained_samples"
-PRETRAINED_SAMPLING = {"alpha": 2.0, "beta": 3.0, "inf_step": 0.7}
+PRETRAINED_SAMPLING = {"alpha": 2.0, "beta": 8.0, "inf_step": 1.4}
 SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
 
 
@@ -114,6 +115,30 @@ def inf_step_for(diffusion_config: dict, n: int, steps: int, **sampling) -> floa
             return math.exp(middle)
         low, high = (middle, high) if found > steps else (low, middle)
     return math.exp(high)
+
+
+def shares(costs: Sequence[float], world_size: int) -> list[list[int]]:
+    """Deal out items of the given costs to ``world_size`` processes with about equal work each.
+
+    Longest first, each item goes to the process with the least work so far (ties: the lowest rank); every process
+    computes the same split. The sampler's cost of a chain of ``n`` residues is ``n**2`` (the dense graph's edges)
+    times its number of reverse steps.
+
+    Returns:
+        One sorted list of item indices per rank.
+
+    Example:
+        >>> shares([1, 5, 2, 4, 3], 2)
+        [[0, 1, 2], [3, 4]]
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    work, share = [0.0] * world_size, [[] for _ in range(world_size)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (work[r], r))
+        work[rank] += costs[i]
+        share[rank].append(i)
+    return [sorted(s) for s in share]
 
 
 def check_chain(sequence: str, ss: str | None, what: str = "--sequence") -> None:
@@ -202,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     except ValueError as error:  # not a checkpoint, or sampling settings out of range
         raise SystemExit(str(error)) from error
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    mine = list(range(rank, len(names), world_size))  # under torchrun, each process samples its share
+    costs = [len(q) ** 2 * diffusion.schedule(len(q)).N for q in sequences]
+    mine = shares(costs, world_size)[rank]  # under torchrun, each process samples its share
     samples = []
     if mine:
         samples = sample_chains(model, diffusion, [sequences[i] for i in mine], [ss[i] for i in mine],
