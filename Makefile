@@ -128,7 +128,7 @@ pretrained: $(STAMP)  ## train the pretrained model (about 2 hours) and copy it 
 
 pretrained-samples: $(STAMP)  ## the pretrained model's held-out samples in tpconv_lite/assets (about 4 minutes)
 	rm -rf tpconv_lite/assets/pretrained_samples
-	$(BIN)/torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --alpha 2 --beta 8 --inf-step 1.4 --threads 1 \
+	$(BIN)/torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 --threads 1 \
 	  --no-progress --out tpconv_lite/assets/pretrained_samples
 
 clean:

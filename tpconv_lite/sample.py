@@ -20,14 +20,14 @@ writes (no process group is needed; on several machines ``--out`` must be a shar
 
 Without ``--checkpoint`` the command samples the pretrained model that ships with the package
 (``tpconv_lite/assets/README.md``: how it was trained, and how its samples score). Its held-out samples in
-``PRETRAINED_SAMPLES`` were written with ``--alpha 2 --beta 8 --inf-step 1.4`` (``PRETRAINED_SAMPLING``: a low
+``PRETRAINED_SAMPLES`` were written with ``--alpha 0.5 --beta 16 --inf-step 1.4`` (``PRETRAINED_SAMPLING``: a low
 temperature, see :class:`~tpconv_lite.harmonic.HarmonicConfig`). It was trained on chains of 79 to 173 residues;
 far outside that range its scores can blow a chain up, and sampling then stops with an error rather than writing
 it.
 
 Examples::
 
-    python -m tpconv_lite.sample --test --alpha 2 --beta 8 --inf-step 1.4 --out samples/   # the pretrained model
+    python -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 --out samples/   # the pretrained model
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
     torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
@@ -58,7 +58,7 @@ PRETRAINED = Path(__file__).parent / "assets" / "pretrained.pt"
 # the sampling settings PRETRAINED_SAMPLING (the same README gives the command).
 PRETRAINED_LOG = Path(__file__).parent / "assets" / "pretrained_log.jsonl"
 PRETRAINED_SAMPLES = Path(__file__).parent / "assets" / "pretrained_samples"
-PRETRAINED_SAMPLING = {"alpha": 2.0, "beta": 8.0, "inf_step": 1.4}
+PRETRAINED_SAMPLING = {"alpha": 0.5, "beta": 16.0, "inf_step": 1.4}
 SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
 
 
