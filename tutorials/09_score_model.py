@@ -1137,8 +1137,8 @@ plt.show()
 # its own (`ProcessPoolExecutor`, with processes forked from this one where the system allows it). Each process
 # runs the same `train` on one thread, so a model does not depend on where it was trained: the pool trains the
 # walkthrough's model (parity, seed 0) again, and the next cell checks that it comes back identical, weight for
-# weight. On two cores, the seventh training costs no extra time: seven trainings take four rounds of two, where
-# six take three, and the experiment takes about half the time of training one model after another.
+# weight. On two cores that costs no time: the five other models alone would take three rounds of two, as the six
+# do, and the experiment takes about half the time of training the models one after another.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
