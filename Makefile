@@ -128,8 +128,8 @@ pretrained: $(STAMP)  ## train the pretrained model (about 2 hours) and copy it 
 
 pretrained-samples: $(STAMP)  ## the pretrained model's held-out samples in tpconv_lite/assets (about 4 minutes)
 	rm -rf tpconv_lite/assets/pretrained_samples
-	$(BIN)/torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 --threads 1 \
-	  --no-progress --out tpconv_lite/assets/pretrained_samples
+	$(BIN)/torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 \
+	  --alpha-window 1 2 16 --alpha-window 2 inf 0 --threads 1 --no-progress --out tpconv_lite/assets/pretrained_samples
 
 clean:
 	rm -rf _build $(VENV)

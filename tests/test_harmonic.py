@@ -17,6 +17,7 @@ from tpconv_lite.harmonic import (
     PolymerSDE,
     RateSchedule,
     harmonic_loss,
+    reverse_step,
 )
 from tpconv_lite.score_model import ResiLevelTensorProductScoreModel, ScoreModelConfig
 from tpconv_lite.testing import random_o3
@@ -360,6 +361,62 @@ def test_sampling_options_end_time_and_last_step_noise():
     sched, sde = default.schedule(10), default.sde(10)
     expected = math.sqrt(sched.dt[-1].item()) * sde.project(last_noise, int(sched.ks[-2]))
     torch.testing.assert_close(y_default - y_quiet, expected)
+
+
+def test_alpha_windows_set_the_alpha_and_the_step_of_the_times_they_hold():
+    sde = PolymerSDE(N=40, a=3 / 3.8**2, b=0)
+    settings = dict(Hf=2, step=1.4, cutoff=5, kmin=5, tmin=0.002, alpha=0.5, beta=16)
+    plain = RateSchedule(sde, **settings)
+    windowed = RateSchedule(sde, **settings, alpha_windows=[(1, 2, 16), (2, math.inf, 0)])
+    starts, ends = windowed.ts[:-1], windowed.ts[1:]
+    inside = (starts > 1) & (starts <= 2)
+    expected = torch.where(inside, 16.0, torch.where(starts > 2, 0.0, 0.5)).to(starts.dtype)
+    torch.testing.assert_close(windowed.alphas, expected, rtol=0, atol=0)
+    assert torch.equal(plain.alphas, torch.full_like(plain.alphas, 0.5))
+    # the steps end on the edges: no step crosses t = 1 or t = 2, and both are times of the schedule
+    for edge in (1.0, 2.0):
+        assert not ((starts > edge) & (ends < edge)).any() and (windowed.ts == edge).sum() == 1
+    # each step is the rate step with its own alpha (the smallest over the kept modes), or shorter where it ends
+    # on an edge
+    for i in range(windowed.N):
+        t, a = starts[i].item(), windowed.alphas[i].item()
+        k = max(5, int((windowed.D * t < 5).sum()))
+        rate = (1.4 * -torch.expm1(-windowed.D * t) / windowed.D / (1 + a * 16 / 2))[:k].min()
+        if ends[i].item() in (1.0, 2.0):
+            assert windowed.dt[i] <= rate
+        else:
+            torch.testing.assert_close(windowed.dt[i], rate)
+    # a window with the schedule's own alpha changes nothing above its upper edge, where it only stops a step,
+    # and takes at most two steps more (one per edge); alpha 16 inside takes many more steps
+    same = RateSchedule(sde, **settings, alpha_windows=[(1, 2, 0.5)])
+    above = int((plain.ts > 2).sum())
+    assert torch.equal(same.ts[:above], plain.ts[:above]) and same.ts[above] == 2 and same.N <= plain.N + 2
+    assert int(inside.sum()) > 4 * int(((plain.ts[:-1] > 1) & (plain.ts[:-1] <= 2)).sum())
+
+
+def test_the_reverse_step_uses_the_alpha_of_its_window():
+    pos, node, pair = chains()
+    windows = ((1.0, 2.0, 16.0), (2.0, math.inf, 0.0))
+    diffusion = HarmonicDiffusion(HarmonicConfig(inf_step=1.4, alpha=0.5, beta=16, alpha_windows=windows))
+    sde, sched = diffusion.sde(10), diffusion.schedule(10)
+    y, score, noise = (torch.randn(10, 3, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                       for s in range(3))  # fmt: skip
+    for i in range(sched.N):
+        a, dt = sched.alphas[i].item(), sched.dt[i].item()
+        drift = -(1 + 16 * a) * sde.P @ (sde.D[:, None] * (sde.P.T @ y)) / 2 + (1 + 8 * a) * score
+        expected = y + sde.project(drift * dt + math.sqrt((1 + a) * dt) * noise, int(sched.ks[i]))
+        torch.testing.assert_close(reverse_step(sde, sched, i, y, score, noise), expected)
+    assert {a.item() for a in sched.alphas} == {0.0, 0.5, 16.0}
+    y_sample = diffusion.reverse_sample(fake_model, node[:1], pair[:1], generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(y_sample[0]).all()
+
+
+@pytest.mark.parametrize(
+    "windows", [[(1, 0.5, 2)], [(0.5, 1, -1)], [(0.5, 1)], [(0.5, 1, math.nan)], [(0.5, 1, True)], [0.5]]
+)
+def test_bad_alpha_windows_are_refused(windows):
+    with pytest.raises(ValueError, match="alpha window"):
+        HarmonicConfig(alpha_windows=windows)
 
 
 def test_gpu_matches_cpu():

@@ -50,6 +50,11 @@ def test_end_options_change_the_sample(checkpoint: Path, tmp_path: Path) -> None
     default = sample_file(checkpoint, tmp_path / "a").read_text()
     assert sample_file(checkpoint, tmp_path / "b", "--no-noise-last-step").read_text() != default
     assert sample_file(checkpoint, tmp_path / "c", "--inf-tmin", "0.002").read_text() != default
+    # an alpha window that covers every time is the same as that alpha everywhere
+    everywhere = sample_file(checkpoint, tmp_path / "d", "--alpha", "2", "--beta", "3").read_text()
+    assert everywhere != default
+    window = sample_file(checkpoint, tmp_path / "e", "--alpha-window", "0", "inf", "2", "--beta", "3")
+    assert window.read_text() == everywhere
 
 
 def test_test_writes_one_pdb_per_heldout_chain(checkpoint: Path, tmp_path: Path,
@@ -72,6 +77,7 @@ def test_test_writes_one_pdb_per_heldout_chain(checkpoint: Path, tmp_path: Path,
         (["--sequence", "MKTAY", "--ss", "HHCHH"], "letters ['C'] are not secondary structures"),
         (["--sequence", "M"], "at least 2 residues"),
         (["--test", "--ss", "HH"], "--ss goes with --sequence"),
+        (["--test", "--alpha-window", "2", "1", "4"], "--alpha-window: an alpha window needs 0 <= t_low < t_high"),
     ],
 )
 def test_bad_input_is_named(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, arguments: list,

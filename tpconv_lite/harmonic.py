@@ -80,6 +80,8 @@ better; the variances ``eigens`` and the score norms differ by up to 1e-9, which
    broadcasts for batches of one chain. The loss is the mean over all residues of the batch.
 9. ``train_skew``'s Beta(1, 2) or Beta(2, 1) draw is ``1 - sqrt(1 - u)`` or ``sqrt(u)`` of a second uniform
    ``u`` from the same generator (the same law as EigenFold's ``np.random.beta``, and reproducible).
+10. ``alpha_windows`` makes ``alpha`` depend on the time (:class:`HarmonicConfig`); EigenFold has one ``alpha``.
+    Without windows, the default, the schedule and the reverse step are EigenFold's.
 """
 
 from __future__ import annotations
@@ -430,17 +432,38 @@ class PolymerSDE(HarmonicSDE):
         )
 
 
+def check_alpha_windows(windows: Iterable[Sequence[float]]) -> tuple[tuple[float, float, float], ...]:
+    """``(t_low, t_high, alpha)`` windows as a tuple of float triples; ValueError naming the first bad one.
+
+    >>> check_alpha_windows([[0.7, 6, 4], (6, math.inf, 0)])
+    ((0.7, 6.0, 4.0), (6.0, inf, 0.0))
+    """
+    checked = []
+    for window in windows:
+        values = tuple(window) if isinstance(window, (tuple, list)) else (window,)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"an alpha window is three numbers (t_low, t_high, alpha), got {window!r}")
+        low, high, alpha = (float(v) for v in values)
+        if not (0 <= low < high and 0 <= alpha < math.inf):
+            raise ValueError(f"an alpha window needs 0 <= t_low < t_high and a finite alpha >= 0, got {window!r}")
+        checked.append((low, high, alpha))
+    return tuple(checked)
+
+
 class Schedule:
     """Times of the reverse process, from ``tmax`` (KL to the prior = ``Hf``) down past ``tmin``.
 
     ``tmax`` solves ``sde.KL_H(t) = Hf`` (then ``rmsd(t) = rmsd_max`` if ``rmsd_max > 0`` is smaller); subclasses
-    add times until one is ``<= tmin``; ``ks[i] = max(kmin, #{modes j >= 1 : D_j ts[i] < cutoff})``.
+    add times until one is ``<= tmin``; ``ks[i] = max(kmin, #{modes j >= 1 : D_j ts[i] < cutoff})``. The extra
+    Langevin noise of step ``i`` is :meth:`alpha_at` its start time: ``alpha``, or that of an ``alpha_windows``
+    entry ``(t_low, t_high, alpha)`` with ``t_low < ts[i] <= t_high`` (the first one).
 
     Attributes:
         ts: (N + 1,) decreasing times; ``ts[-1] <= tmin < ts[-2]``.
         ks: (N + 1,) long, modes active at each time (non-decreasing).
         dt: (N,) ``ts[i] - ts[i + 1]``; dk: (N + 1,) ``ks[i] - ks[i - 1]``, ``dk[0] = 0``.
-        tmax, tmin: ``ts[0]`` and ``ts[-1]``. N: number of steps. alpha, beta: as given.
+        alphas: (N,) the extra Langevin noise of each step.
+        tmax, tmin: ``ts[0]`` and ``ts[-1]``. N: number of steps. alpha, beta, alpha_windows: as given.
     """
 
     def __init__(
@@ -454,6 +477,7 @@ class Schedule:
         tmin: float = 0.2,
         alpha: float = 0,
         beta: float = 1,
+        alpha_windows: Iterable[tuple[float, float, float]] = (),
     ) -> None:
         if sde.N - sde.l < 1:
             raise ValueError(f"a schedule needs at least one non-centre mode, the SDE has N={sde.N}")
@@ -464,10 +488,11 @@ class Schedule:
         tmax = _root_decreasing(lambda t: sde.KL_H(t).item() - Hf, tmin, TMAX_BRACKET, f"KL_H(t) = Hf = {Hf}")
         if sde.rmsd(tmax).item() > rmsd_max > 0:
             tmax = _root_decreasing(lambda t: rmsd_max - sde.rmsd(t).item(), tmin, tmax, f"rmsd = {rmsd_max}")
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.beta, self.alpha_windows = alpha, beta, check_alpha_windows(alpha_windows)
         kmin = min(D.shape[0], kmin)
-        ts = self.populate([tmax], step, tmin, cutoff, kmin, alpha, beta)
+        ts = self.populate([tmax], step, tmin, cutoff, kmin)
         self.ts = torch.tensor(ts, dtype=sde.dtype, device=sde.device)
+        self.alphas = torch.tensor([self.alpha_at(t) for t in ts[:-1]], dtype=sde.dtype, device=sde.device)
         ks = (cutoff / D[None, :] > self.ts[:, None]).sum(dim=1)
         self.ks = torch.clamp(ks, min=kmin)
         self.tmax, self.tmin = ts[0], ts[-1]
@@ -475,9 +500,11 @@ class Schedule:
         self.dk = torch.cat([self.ks.new_zeros(1), torch.diff(self.ks)])
         self.N = len(ts) - 1
 
-    def populate(
-        self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int, alpha: float, beta: float
-    ) -> list[float]:
+    def alpha_at(self, t: float) -> float:
+        """The extra Langevin noise of a step that starts at time ``t``."""
+        return next((a for low, high, a in self.alpha_windows if low < t <= high), self.alpha)
+
+    def populate(self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int) -> list[float]:
         raise NotImplementedError("use EntropySchedule or RateSchedule")
 
 
@@ -491,9 +518,7 @@ class EntropySchedule(Schedule):
         (14, 7.899, True)
     """
 
-    def populate(
-        self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int, alpha: float, beta: float
-    ) -> list[float]:
+    def populate(self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int) -> list[float]:
         keep = math.exp(-step)
         while ts[-1] > tmin:
             t_next = -torch.log1p(keep * torch.expm1(-self.D * ts[-1])) / self.D
@@ -503,16 +528,18 @@ class EntropySchedule(Schedule):
 
 class RateSchedule(Schedule):
     """Steps of ``step * eigens_j(t) / (1 + alpha beta / 2)``, the smallest over the first
-    ``max(kmin, #{D_j t < cutoff})`` modes (EigenFold's ``inf_type='rate'``, its published default)."""
+    ``max(kmin, #{D_j t < cutoff})`` modes (EigenFold's ``inf_type='rate'``, its published default), with the
+    ``alpha`` of the step (:meth:`alpha_at`); a step that would cross the edge of an ``alpha_windows`` entry ends on
+    it, so every window gets its ``alpha`` over all of its times."""
 
-    def populate(
-        self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int, alpha: float, beta: float
-    ) -> list[float]:
+    def populate(self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int) -> list[float]:
+        edges = sorted({edge for low, high, _ in self.alpha_windows for edge in (low, high)}, reverse=True)
         while ts[-1] > tmin:
             t = ts[-1]
-            dt = step * -torch.expm1(-self.D * t) / self.D / (1 + alpha * beta / 2)
+            dt = step * -torch.expm1(-self.D * t) / self.D / (1 + self.alpha_at(t) * self.beta / 2)
             k = max(kmin, int((self.D * t < cutoff).sum()))
-            ts.append(t - dt[:k].min().item())
+            t_next = t - dt[:k].min().item()
+            ts.append(next((edge for edge in edges if t_next < edge < t), t_next))  # no step crosses an edge
         return ts
 
 
@@ -542,6 +569,10 @@ class HarmonicConfig:
         alpha, beta: extra Langevin noise ``alpha`` and its drift weight ``beta`` in the reverse step. The extra
             part of a step is a Langevin step of size ``alpha dt`` on ``p_t ** beta``: ``beta`` is an inverse
             temperature (1: unbiased; above 1: sharper than ``p_t``).
+        alpha_windows: ``(t_low, t_high, alpha)`` triples (not in EigenFold): a reverse step that starts at a time
+            ``t_low < t <= t_high`` uses that ``alpha`` (the first window that holds ``t``); the rate schedule's
+            steps there shrink with it, and end on the windows' edges, so a step never crosses one. It puts the Langevin correction where it counts: the pretrained
+            model's helices take their hand at t of about 1 to 5 (chapter 12). ``()``: ``alpha`` everywhere.
         inf_tmin: end time of sampling (``None``: ``train_tmin``).
         inf_noise_last_step: whether the last reverse step adds noise (EigenFold: yes).
     """
@@ -560,6 +591,7 @@ class HarmonicConfig:
     beta: float = 1.0
     inf_tmin: float | None = None
     inf_noise_last_step: bool = True
+    alpha_windows: tuple[tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("sde_a", "train_Hf", "train_tmin", "train_cutoff", "inf_step"):
@@ -582,6 +614,7 @@ class HarmonicConfig:
             raise ValueError(f"alpha and beta must be >= 0, got {self.alpha!r}, {self.beta!r}")
         if self.inf_tmin is not None and not 0 < self.inf_tmin < math.inf:
             raise ValueError(f"inf_tmin must be positive or None, got {self.inf_tmin!r}")
+        object.__setattr__(self, "alpha_windows", check_alpha_windows(self.alpha_windows))
 
     @property
     def sampling_tmin(self) -> float:
@@ -685,7 +718,8 @@ def reverse_step(
     """Step ``i`` of EigenFold's reverse process for one chain: positions at ``schedule.ts[i]`` to the next time.
 
     ``dy = -(1 + alpha beta) J y dt / 2 + (1 + alpha beta / 2) score dt + sqrt((1 + alpha) dt) noise``, with ``J`` the
-    chain's harmonic matrix ``P diag(D) P^T``, projected on the first ``schedule.ks[i]`` modes.
+    chain's harmonic matrix ``P diag(D) P^T`` and ``alpha`` the step's (``schedule.alphas[i]``), projected on the
+    first ``schedule.ks[i]`` modes.
 
     Args:
         sde, schedule: the chain's :class:`PolymerSDE` and :class:`Schedule`.
@@ -696,11 +730,11 @@ def reverse_step(
     Returns:
         (n, 3) the positions after the step.
     """
-    dt = schedule.dt[i].item()
-    dy = -(1 + schedule.alpha * schedule.beta) * ((sde.P * sde.D) @ (sde.P.T @ y)) * dt / 2
-    dy = dy + (1 + schedule.alpha * schedule.beta / 2) * score * dt
+    dt, alpha = schedule.dt[i].item(), schedule.alphas[i].item()
+    dy = -(1 + alpha * schedule.beta) * ((sde.P * sde.D) @ (sde.P.T @ y)) * dt / 2
+    dy = dy + (1 + alpha * schedule.beta / 2) * score * dt
     if noise is not None:
-        dy = dy + math.sqrt(dt * (1 + schedule.alpha)) * noise
+        dy = dy + math.sqrt(dt * (1 + alpha)) * noise
     return y + sde.project(dy, int(schedule.ks[i]))
 
 
@@ -780,7 +814,7 @@ class HarmonicDiffusion:
             c = self.config
             self._schedules[n] = SCHEDULES[c.inf_type](
                 self.sde(n), Hf=c.train_Hf, rmsd_max=0, step=c.inf_step, cutoff=c.train_cutoff,
-                kmin=c.train_kmin, tmin=c.sampling_tmin, alpha=c.alpha, beta=c.beta,
+                kmin=c.train_kmin, tmin=c.sampling_tmin, alpha=c.alpha, beta=c.beta, alpha_windows=c.alpha_windows,
             )  # fmt: skip
         return self._schedules[n]
 

@@ -20,14 +20,16 @@ writes (no process group is needed; on several machines ``--out`` must be a shar
 
 Without ``--checkpoint`` the command samples the pretrained model that ships with the package
 (``tpconv_lite/assets/README.md``: how it was trained, and how its samples score). Its held-out samples in
-``PRETRAINED_SAMPLES`` were written with ``--alpha 0.5 --beta 16 --inf-step 1.4`` (``PRETRAINED_SAMPLING``: a low
-temperature, see :class:`~tpconv_lite.harmonic.HarmonicConfig`). It was trained on chains of 79 to 173 residues;
-far outside that range its scores can blow a chain up, and sampling then stops with an error rather than writing
-it.
+``PRETRAINED_SAMPLES`` were written with ``--alpha 0.5 --beta 16 --inf-step 1.4 --alpha-window 1 2 16
+--alpha-window 2 inf 0`` (``PRETRAINED_SAMPLING``: a low temperature, with most of the Langevin correction at the
+times where helices take their hand; see :class:`~tpconv_lite.harmonic.HarmonicConfig`). It was trained on chains
+of 79 to 173 residues; far outside that range its scores can blow a chain up, and sampling then stops with an error
+rather than writing it.
 
 Examples::
 
-    python -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 --out samples/   # the pretrained model
+    python -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 --alpha-window 1 2 16 \\
+        --alpha-window 2 inf 0 --out samples/   # the pretrained model, as its shipped samples
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
     torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
@@ -47,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from tpconv_lite.conditioning import RESIDUE_TYPES, SECONDARY_STRUCTURES
-from tpconv_lite.harmonic import SCHEDULES, HarmonicConfig, HarmonicDiffusion
+from tpconv_lite.harmonic import SCHEDULES, HarmonicConfig, HarmonicDiffusion, check_alpha_windows
 from tpconv_lite.proteins import load_dataset, write_pdb
 from tpconv_lite.score_model import ResiLevelTensorProductScoreModel
 from tpconv_lite.train import build_diffusion, build_model, load_checkpoint, sample_chains
@@ -58,8 +60,10 @@ PRETRAINED = Path(__file__).parent / "assets" / "pretrained.pt"
 # the sampling settings PRETRAINED_SAMPLING (the same README gives the command).
 PRETRAINED_LOG = Path(__file__).parent / "assets" / "pretrained_log.jsonl"
 PRETRAINED_SAMPLES = Path(__file__).parent / "assets" / "pretrained_samples"
-PRETRAINED_SAMPLING = {"alpha": 0.5, "beta": 16.0, "inf_step": 1.4}
-SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "inf_tmin", "inf_noise_last_step")
+PRETRAINED_SAMPLING = {
+    "alpha": 0.5, "beta": 16.0, "inf_step": 1.4, "alpha_windows": ((1.0, 2.0, 16.0), (2.0, math.inf, 0.0))
+}
+SAMPLING_FIELDS = ("inf_type", "inf_step", "alpha", "beta", "alpha_windows", "inf_tmin", "inf_noise_last_step")
 
 
 def load_model(
@@ -182,6 +186,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="step of the schedule (smaller: more steps; default: the checkpoint's, 0.5)")  # fmt: skip
     parser.add_argument("--alpha", type=float, default=defaults.alpha, help="extra Langevin noise")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="drift weight of the extra noise")
+    parser.add_argument("--alpha-window", dest="alpha_windows", nargs=3, type=float, action="append",
+                        metavar=("T_LOW", "T_HIGH", "ALPHA"),
+                        help="steps that start at T_LOW < t <= T_HIGH use this alpha (repeat for more windows; "
+                             "T_HIGH may be inf)")  # fmt: skip
     parser.add_argument("--inf-tmin", type=float, default=None, help="final time (default: train_tmin)")
     parser.add_argument("--noise-last-step", dest="inf_noise_last_step", action=argparse.BooleanOptionalAction,
                         default=defaults.inf_noise_last_step, help="add noise in the last step (EigenFold: yes)")
@@ -195,6 +203,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(str(error))
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.alpha_windows is not None:
+        try:
+            args.alpha_windows = check_alpha_windows(args.alpha_windows)
+        except ValueError as error:
+            parser.error(f"--alpha-window: {error}")
     if not args.name or "/" in args.name:
         parser.error(f"--name must be a plain file name, got {args.name!r}")
     return args

@@ -809,9 +809,13 @@ print("the package's loss agrees:", torch.equal(package_loss[0], loss) and torch
 # The learning rate is high: EigenFold trains with $3 \times 10^{-4}$, one protein per step, for days; we take
 # $2 \times 10^{-2}$, about as high as this model tolerates (at $3 \times 10^{-2}$ the loss spiked in our trials),
 # to get far in a few hundred steps. Every model of this chapter is trained by the same function, with the same
-# data and settings; the seed picks the initial weights and the batches, times and noise of training. The chirality
-# experiment at the end trains three seeds of each model; the walkthrough from here on uses the first parity
-# model, seed 0:
+# data and settings; the seed picks the initial weights and the batches, times and noise of training.
+#
+# The chirality experiment at the end needs three seeds of each model, with and without parity: six trainings that
+# do not depend on each other. So we train all six now, side by side, one per CPU core, each in a process of its
+# own (`ProcessPoolExecutor`, with processes forked from this one where the system allows it), and the walkthrough
+# from here on uses the first parity model, seed 0. Each process runs the same `train` on one thread, so a model
+# does not depend on where it was trained; the cell after the training checks that on a short run.
 
 # %%
 N_STEPS, BATCH_SIZE, LR = 650, 16, 2e-2
@@ -819,7 +823,8 @@ SEEDS = (0, 1, 2)
 torch.set_num_threads(1)
 
 
-def train(parity: bool, seed: int) -> tuple[ResiLevelTensorProductScoreModel, dict[str, list[float]], float]:
+def train(parity: bool, seed: int, n_steps: int = N_STEPS
+          ) -> tuple[ResiLevelTensorProductScoreModel, dict[str, list[float]], float]:
     """A fresh model (weights from `seed`) with the toy config and the given parity, trained on `chains` with the
     batches, times and noise of `seed`; and its CPU seconds."""
     torch.manual_seed(seed)
@@ -827,8 +832,18 @@ def train(parity: bool, seed: int) -> tuple[ResiLevelTensorProductScoreModel, di
     for layer in model.conv_layers:
         layer.checkpointing = False
     start = time.process_time()
-    log = train_score_model(model, sde, chains, kinds, N_STEPS, BATCH_SIZE, LR, seed=seed, progress=False)
+    log = train_score_model(model, sde, chains, kinds, n_steps, BATCH_SIZE, LR, seed=seed, progress=False)
     return model, log, time.process_time() - start
+
+
+def train_side_by_side(jobs: list[tuple[bool, int]], n_steps: int = N_STEPS, workers: int = 2) -> dict:
+    """`train(parity, seed, n_steps)` for each job, `workers` at a time (at most one per core) in forked processes,
+    or one after another in this process where the system has no fork; a dict from job to what `train` returns."""
+    workers = min(workers, os.cpu_count() or 1, len(jobs))
+    if "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return dict(zip(jobs, pool.map(partial(train, n_steps=n_steps), *zip(*jobs))))
+    return {job: train(*job, n_steps) for job in jobs}
 
 
 def moving_average(values: list[float], window: int = 50) -> Tensor:
@@ -837,7 +852,12 @@ def moving_average(values: list[float], window: int = 50) -> Tensor:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-model_parity, log_parity, seconds = train(parity=True, seed=0)
+jobs = [(parity, seed) for parity in (True, False) for seed in SEEDS]
+start = time.perf_counter()
+trained = train_side_by_side(jobs)
+print(f"{len(jobs)} models trained in {time.perf_counter() - start:.0f} s, "
+      f"{sum(seconds for _, _, seconds in trained.values()):.0f} s of CPU time in all")
+model_parity, log_parity, seconds = trained[(True, 0)]
 tail = N_STEPS // 10
 final_loss = sum(log_parity["loss"][-tail:]) / tail
 final_base = sum(log_parity["base_loss"][-tail:]) / tail
@@ -849,6 +869,13 @@ print(f"the loss (mean of 20 steps) is below half the baseline from step {half_s
 glue("n_steps", N_STEPS, display=False)
 glue("final_loss", final_loss, display=False)
 glue("half_step", half_step, display=False)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+here = train(True, 0, n_steps=20)[0]  # 20 steps of the walkthrough's model, in this process
+there = train_side_by_side([(True, 0)], n_steps=20)[(True, 0)][0]  # and in a worker process
+print("20 steps here and in a worker process give the same weights:",
+      all(torch.equal(a, b) for a, b in zip(here.state_dict().values(), there.state_dict().values())))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -1133,38 +1160,23 @@ plt.show()
 # both the seeds and the samples of each. EigenFold itself cannot run this experiment from its command line: its
 # `--parity` flag is declared with `action='store_true'` and `default=True`, so it is always on.
 #
-# The six trainings do not depend on each other, so they run side by side, one per CPU core, each in a process of
-# its own (`ProcessPoolExecutor`, with processes forked from this one where the system allows it). Each process
-# runs the same `train` on one thread, so a model does not depend on where it was trained: the pool trains the
-# walkthrough's model (parity, seed 0) again, and the next cell checks that it comes back identical, weight for
-# weight. On two cores that costs no time: the five other models alone would take three rounds of two, as the six
-# do, and the experiment takes about half the time of training the models one after another.
+# The six models were trained at the start of the walkthrough. Here each one samples 64 chains, with noise drawn
+# from its seed (the same noise for both models of a seed); the walkthrough's model, parity and seed 0, has its
+# samples already.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-jobs = [(parity, seed) for parity in (True, False) for seed in SEEDS]
-workers = min(2, os.cpu_count() or 1)
-start = time.perf_counter()
-if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        trained = dict(zip(jobs, pool.map(train, *zip(*jobs))))
-else:  # one core, or no fork (Windows): one after another
-    trained = {job: train(*job) for job in jobs}
-print(f"{len(jobs)} models trained in {time.perf_counter() - start:.0f} s on {workers} core(s)")
 models, samples, paths = {True: {}, False: {}}, {True: {}, False: {}}, {True: {}, False: {}}
 for (parity, seed), (trained_model, _, seconds) in trained.items():
     models[parity][seed] = trained_model
+    if (parity, seed) == (True, 0):  # the walkthrough's model: its samples above
+        samples[parity][seed], paths[parity][seed] = samples_parity, path_parity
+        continue
     samples[parity][seed], paths[parity][seed] = sample_chains(
         trained_model, sde, N_SAMPLES, n_residues, n_steps=100, data_variance=data_variance, return_path=True,
         generator=torch.Generator().manual_seed(100 + seed))
-    print(f"parity={parity}, seed {seed}: {seconds:.0f} s of CPU time")
-
-# %%
-# NBVAL_CHECK_OUTPUT
-same = all(torch.equal(a, b) for a, b in zip(model_parity.state_dict().values(),
-                                              models[True][0].state_dict().values()))
-print("parity=True, seed 0 trained in the pool equals the walkthrough's model, weight for weight:", same)
-print("and so do its samples:", torch.equal(samples[True][0], samples_parity))
+print("CPU seconds of training:", {f"parity={parity}, seed {seed}": round(seconds)
+                                   for (parity, seed), (_, _, seconds) in trained.items()})
 
 
 # %%

@@ -503,9 +503,7 @@ class EntropySchedule(Schedule):
         (14, 7.899, True)
     """
 
-    def populate(
-        self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int, alpha: float, beta: float
-    ) -> list[float]:
+    def populate(self, ts: list[float], step: float, tmin: float, cutoff: float, kmin: int) -> list[float]:
         keep = math.exp(-step)
         while ts[-1] > tmin:
             t_next = -torch.log1p(keep * torch.expm1(-self.D * ts[-1])) / self.D

@@ -62,6 +62,9 @@ if "google.colab" in sys.modules:
 # NBVAL_IGNORE_OUTPUT
 import dataclasses
 import json
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,7 +102,7 @@ chapter_start = time.perf_counter()
 print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_lite.__version__}")
 
 # %% [markdown]
-# Everything here runs on the CPU and on one thread, where a GPU is present too: the samples are compared with
+# Everything here runs on the CPU, one thread per process, where a GPU is present too: the samples are compared with
 # files written on a CPU, and chains of 80 residues keep neither a GPU nor a second thread busy.
 #
 # ## Goals
@@ -137,20 +140,29 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 #
 # ## Training from scratch
 #
-# `train.main` is the command line called from Python. A run from scratch, on windows of 48 residues of the
-# training chains (`--crop 48`), with the held-out loss every 100 steps:
+# A run from scratch, with the second command above: `torchrun` (here `python -m torch.distributed.run`, the same
+# program, which needs no script on the `PATH`) starts two processes of one thread, one per core. Each trains on its
+# own windows of 48 residues of the training chains (`--crop 48`), DistributedDataParallel averages their gradients,
+# so a step learns from two windows, and every 50 steps the two share out the held-out chains to compute the
+# held-out loss:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-LIVE_STEPS = 800
+LIVE_STEPS, PROCESSES = 400, 2
 live = Path(tempfile.mkdtemp()) / "live"
+command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
+           "-m", "tpconv_lite.train", "--out", str(live), "--preset", "small", "--steps", str(LIVE_STEPS),
+           "--crop", "48", "--train-skew", "-5", "--train-tmin", "0.002", "--eval-every", "50", "--eval-chains", "10",
+           "--ckpt-every", str(LIVE_STEPS), "--no-activation-checkpointing", "--device", "cpu", "--threads", "1",
+           "--no-progress"]
 start = time.perf_counter()
-train.main(["--out", str(live), "--preset", "small", "--steps", str(LIVE_STEPS), "--crop", "48",
-            "--train-skew", "-5", "--train-tmin", "0.002", "--eval-every", "100", "--eval-chains", "10",
-            "--ckpt-every", str(LIVE_STEPS), "--no-activation-checkpointing", "--threads", "1", "--no-progress"])
+run = subprocess.run(command, capture_output=True, text=True)
 live_seconds = time.perf_counter() - start
+if run.returncode != 0:
+    raise RuntimeError(f"torchrun exited with {run.returncode}:\n{run.stderr[-3000:]}")
 live_log = [json.loads(line) for line in (live / "log.jsonl").read_text().splitlines()]
-print(f"{len(live_log)} steps in {live_seconds:.0f} s; files: {sorted(p.name for p in live.iterdir())}")
+print(f"{len(live_log)} steps of {PROCESSES} processes in {live_seconds:.0f} s; files: "
+      f"{sorted(p.name for p in live.iterdir())}")
 print("last line of the log:", {k: round(v, 3) if isinstance(v, float) else v for k, v in live_log[-1].items()})
 glue("live_steps", LIVE_STEPS, display=False)
 glue("live_seconds", round(live_seconds), display=False)
@@ -174,7 +186,8 @@ def running_mean(values: list[float], width: int) -> Tensor:
 
 shipped_log = [json.loads(line) for line in PRETRAINED_LOG.read_text().splitlines()]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-for ax, log, width, title in ((axes[0], live_log, 50, f"this chapter: {LIVE_STEPS} steps on 48-residue windows"),
+live_title = f"this chapter: {LIVE_STEPS} steps of {PROCESSES} windows of 48 residues"
+for ax, log, width, title in ((axes[0], live_log, 50, live_title),
                               (axes[1], shipped_log, 500, "the pretrained model: whole chains")):
     steps = [line["step"] for line in log]
     ax.plot(steps[width - 1:], running_mean([line["loss"] for line in log], width), label="loss")
@@ -258,7 +271,7 @@ sde_check, schedule_check = diffusion.sde(n_check), diffusion.schedule(n_check)
 i, k = schedule_check.N // 2, int(schedule_check.ks[schedule_check.N // 2])
 gen = torch.Generator().manual_seed(0)
 y, s = (torch.randn(n_check, 3, generator=gen, dtype=torch.float64) for _ in range(2))
-dt, a, b = schedule_check.dt[i].item(), schedule_check.alpha, schedule_check.beta
+dt, a, b = schedule_check.dt[i].item(), schedule_check.alphas[i].item(), schedule_check.beta
 J_y = sde_check.P @ (sde_check.D[:, None] * (sde_check.P.T @ y))
 reverse_sde = -J_y * dt / 2 + s * dt  # alpha = 0
 langevin = a * b / 2 * (s - J_y) * dt  # (epsilon / 2) * beta * grad log p_t, epsilon = alpha * dt
@@ -269,6 +282,10 @@ eigenfold_defaults = train.build_diffusion(hyper["diffusion"], torch.device("cpu
 n_longest = max(len(c) for c in load_dataset("test"))
 steps_ratio = diffusion.schedule(n_longest).N / eigenfold_defaults.schedule(n_longest).N
 glue("steps_ratio", steps_ratio, display=False)
+window_low, window_high, window_alpha = PRETRAINED_SAMPLING["alpha_windows"][0]
+glue("window_low", window_low, display=False)
+glue("window_high", window_high, display=False)
+glue("window_alpha", window_alpha, display=False)
 
 # %% [markdown]
 # And that Langevin dynamics with the drift $\tfrac{\epsilon\beta}{2}\nabla\log p$ samples $p^\beta$: for a standard
@@ -284,32 +301,49 @@ print(f"beta = {b:g}: variance of the Langevin samples within 5% of 1 / beta: {a
 
 # %% [markdown]
 # EigenFold's `inference.py` has `alpha = 0` and `beta = 1`; its paper's samples used `alpha = 1` and `beta = 3`.
-# `PRETRAINED_SAMPLING` takes `alpha = 0.5`, `beta = 16` and a schedule step `inf_step = 1.4` instead of 0.5: a
-# little Langevin correction at a low temperature. The extra noise makes the rate schedule's steps
-# $1 + \alpha\beta/2 = 5$ times shorter and the larger `inf_step` 2.8 times longer, so the longest held-out chain
-# takes {glue:text}`steps_ratio:.1f` times as many steps as with EigenFold's defaults (the rate schedule's steps
-# also depend on the modes). The settings were chosen on the shortest *training* chains, among a dozen values of
-# `alpha`, `beta` and `inf_step`, and fixed before the held-out chains were sampled; `tpconv_lite/assets/README.md`
-# lists the comparison. In it, a temperature below 1/8 cut the share of left-handed dihedrals by half or more,
-# however the Langevin correction was dosed; `inf_step` above 1.4 made the samples worse, or blew them up. The folder
+# `PRETRAINED_SAMPLING` samples at a low temperature, `beta = 16`, with a schedule step `inf_step = 1.4` instead of
+# 0.5, and with an `alpha` that depends on the time. That is `alpha_windows`, an option of this package (EigenFold
+# has one `alpha` for all times): a step that starts at a time inside a window `(t_low, t_high, alpha)` uses the
+# window's `alpha`. The correction is not free: the rate schedule's steps are $1 + \alpha\beta/2$ times shorter, so
+# `alpha` buys Langevin correction with reverse steps. The windows spend it where helices take their hand.
+#
+# We followed each helix of five training chains through the reverse process, by the mean sine of its
+# pseudo-dihedrals (about +0.8 for a right-handed helix, -0.8 for a left-handed one). Over 38 helices, a helix's
+# hand flickers while $t$ is large and settles between $t \approx 1$ and $t \approx 5$, and none changed hand below
+# $t = 1$ (`tpconv_lite/assets/README.md`). Above $t \approx 2$ a step of the rate schedule no longer grows with
+# $t$ (the stiffest mode bounds it), so a window costs steps in proportion to its length in $t$, and the 5-minute
+# budget for the held-out chains buys a short one with a strong correction. The pretrained settings use `alpha`
+# {glue:text}`window_alpha` from $t$ = {glue:text}`window_low` to {glue:text}`window_high`, none above (which, on
+# training chains, kept bond lengths and sizes as they were), and `alpha = 0.5` below. The longest held-out chain
+# then takes {glue:text}`steps_ratio:.1f` times as many steps as with EigenFold's defaults.
+#
+# The settings were chosen on the ten training chains whose lengths are closest to those of the held-out chains,
+# and fixed before the held-out chains were sampled with them; the README lists the comparison. On those chains,
+# with two seeds, the window cut the share of left-handed dihedrals from 5.6% (`alpha = 0.5` at all times) to 2.8%,
+# against 2.4% for their natives; the low temperature had already halved it before. The folder
 # `PRETRAINED_SAMPLES` holds one sample per held-out chain, written by
 #
 # ```bash
 # torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 \
-#     --threads 1 --out samples/
+#     --alpha-window 1 2 16 --alpha-window 2 inf 0 --threads 1 --out samples/
 # ```
 #
 # Sampling the two shortest of them again here, with the same seed (each chain's noise depends on its index in the
-# test set, not on the batch it is sampled in), gives back the shipped files:
+# test set, not on the batch it is sampled in), gives back the shipped files. A hook on the model keeps what it
+# sees at each step, to follow the helices:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 test_chains = load_dataset("test")
 shortest = sorted(range(len(test_chains)), key=lambda i: len(test_chains[i]))[:2]
+path = []  # at each reverse step: the batch's times and positions per residue, and each residue's chain
+hook = model.register_forward_pre_hook(lambda module, args: path.append(
+    (args[0].resi.node_t.clone(), args[0].resi.pos.clone(), args[0].resi.batch.clone())))
 start = time.perf_counter()
 live_samples = train.sample_chains(model, diffusion, [test_chains[i].sequence for i in shortest],
                                    [test_chains[i].ss for i in shortest], seed=0, indices=shortest)
 sample_seconds = time.perf_counter() - start
+hook.remove()
 shipped = [load_chain(PRETRAINED_SAMPLES / f"{c.name}.pdb") for c in test_chains]
 for i, y in zip(shortest, live_samples):
     assert shipped[i].sequence == test_chains[i].sequence
@@ -318,10 +352,47 @@ for i, y in zip(shortest, live_samples):
           f"largest difference from the shipped file below 0.001 Å: {difference < 1e-3}")
 
 # %% [markdown]
-# (PDB files keep three decimals, hence the 0.001 Å.) The two chains took {glue:text}`sample_seconds` s. Now the
-# judges. For each held-out chain: its native structure, the pretrained model's sample, and a sample of the harmonic
-# prior of the same length (the diffusion at $t \to \infty$, no model). The untrained model, the same network with
-# its initial weights, samples the two shortest chains, beside the pretrained model's samples of the same two.
+# (PDB files keep three decimals, hence the 0.001 Å.) The two chains took {glue:text}`sample_seconds` s. What the
+# hook kept shows each of their helices taking its hand, by the mean sine of its pseudo-dihedrals:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+hands = {}  # helix -> [(t, mean sine of its pseudo-dihedrals)] along the reverse process
+for times, pos, batch in path:
+    for j, size in enumerate(torch.bincount(batch).tolist()):
+        chain = next(test_chains[i] for i in shortest if len(test_chains[i]) == size)  # 79 and 83 residues
+        y, t = pos[batch == j].double(), times[batch == j][0].item()
+        for helix in re.finditer("H{6,}", chain.ss):
+            sines = torch.sin(torch.deg2rad(ca_dihedrals(y)[helix.start():helix.end() - 3]))
+            name = f"{chain.name}, residues {helix.start() + 1}-{helix.end()}"
+            hands.setdefault(name, []).append((t, sines.mean().item()))
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.axvspan(window_low, window_high, color="C1", alpha=0.15, label=f"alpha = {window_alpha:g}")
+settled = {}
+for name, values in hands.items():
+    ax.plot([t for t, _ in values], [v for _, v in values], label=name)
+    final = values[-1][1]
+    settled[name] = min(t for t, v in values if v * final <= 0)  # the reverse process runs from large t to small
+    print(f"{name}: final mean sine {final:+.2f}; of the other sign for the last time at t = {settled[name]:.2g}")
+ax.axhline(0, color="grey", lw=0.8)
+ax.set_xscale("log"), ax.invert_xaxis()
+ax.set_xlabel("diffusion time t (the reverse process runs left to right)")
+ax.set_ylabel("mean sine of the helix's dihedrals")
+ax.set_title("When a helix takes its hand: the two shortest held-out chains", fontsize=10)
+ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+glue("settled_low", min(settled.values()), display=False)
+glue("settled_high", max(settled.values()), display=False)
+
+# %% [markdown]
+# The three helices of these two chains, all right-handed at the end, had the other hand for the last time between
+# $t$ = {glue:text}`settled_low:.1f` and {glue:text}`settled_high:.1f`.
+#
+# Now the judges. For each held-out chain: its native structure, the pretrained model's sample, and a sample of the
+# harmonic prior of the same length (the diffusion at $t \to \infty$, no model). The untrained model, the same
+# network with its initial weights, samples the two shortest chains, beside the pretrained model's samples of the
+# same two.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -388,6 +459,14 @@ glue("pre_rmsd", table["pretrained"]["rmsd_mean"], display=False)
 glue("prior_rmsd", table["harmonic prior"]["rmsd_mean"], display=False)
 glue("untrained_caca", 100 * table["untrained, 2 shortest"]["ca_ca_in_range"], display=False)
 glue("pre2_caca", 100 * table["pretrained, 2 shortest"]["ca_ca_in_range"], display=False)
+for name, key in (("natives", "native"), ("pretrained", "pre")):  # left-handed share by the residue's state
+    dihedrals = torch.cat([ca_dihedrals(y.double()) for y in sets[name][0]])
+    states = "".join(c.ss[1:-2] for c in test_chains)  # dihedral i..i+3 goes to residue i + 1
+    for state, label in (("H", "helix"), ("-", "loop")):
+        values = dihedrals[torch.tensor([c == state for c in states])]
+        share = ((values >= -70) & (values <= -30)).double().mean().item()
+        print(f"{name:11} left-handed share at {label} residues: {share:.3f}")
+        glue(f"{key}_left_{label}", 100 * share, display=False)
 
 # %% [markdown]
 # The pretrained model meets {glue:text}`n_met` of the {glue:text}`n_goals` goals, with the reverse diffusion's own
@@ -401,7 +480,10 @@ glue("pre2_caca", 100 * table["pretrained, 2 shortest"]["ca_ca_in_range"], displ
 # compact, with a median Rg/N^0.4 of {glue:text}`pre_rg:.2f` Å, and have {glue:text}`pre_clash_fraction:.2f`%
 # clashes. The goal it misses is handedness: {glue:text}`pre_left_handed:.1f`% of its dihedrals fall in the
 # left-handed window, against {glue:text}`native_left_handed:.1f`% of the natives' and
-# {glue:text}`prior_left_handed:.1f`% of the prior's.
+# {glue:text}`prior_left_handed:.1f`% of the prior's. The excess is shared between helix residues
+# ({glue:text}`pre_left_helix:.1f`% of their dihedrals, natives {glue:text}`native_left_helix:.1f`%) and loops, the
+# residues that are neither helix nor strand ({glue:text}`pre_left_loop:.1f`%, natives
+# {glue:text}`native_left_loop:.1f`%), where the secondary structure it is given says least about the shape.
 #
 # None of this is the native fold. The mean TM-score to the native is {glue:text}`pre_tm:.2f` (prior
 # {glue:text}`prior_tm:.2f`), where the same fold scores above about 0.5 and unrelated structures below about 0.3
