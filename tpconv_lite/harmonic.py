@@ -571,8 +571,9 @@ class HarmonicConfig:
             temperature (1: unbiased; above 1: sharper than ``p_t``).
         alpha_windows: ``(t_low, t_high, alpha)`` triples (not in EigenFold): a reverse step that starts at a time
             ``t_low < t <= t_high`` uses that ``alpha`` (the first window that holds ``t``); the rate schedule's
-            steps there shrink with it, and end on the windows' edges, so a step never crosses one. It puts the Langevin correction where it counts: the pretrained
-            model's helices take their hand at t of about 1 to 5 (chapter 12). ``()``: ``alpha`` everywhere.
+            steps there shrink with it, and end on the windows' edges, so a step never crosses one. It puts the
+            Langevin correction where it counts: the pretrained model's helices take their hand at t of about 1
+            to 5 (chapter 12). ``()``: ``alpha`` everywhere.
         inf_tmin: end time of sampling (``None``: ``train_tmin``).
         inf_noise_last_step: whether the last reverse step adds noise (EigenFold: yes).
     """
