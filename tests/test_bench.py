@@ -179,6 +179,17 @@ def test_memory_use_sees_a_temporary():
     assert peak >= 4_000_000 and left < 100_000
 
 
+def test_memory_use_replays_allocations_in_time_order():
+    def two_in_turn() -> None:
+        held = [torch.ones(1000, 1000)]  # 4 MB
+        held.append(torch.ones(1000, 1000) + 1)  # 8 MB, and a 4 MB temporary inside `+`: 12 MB at the peak
+        held.clear()
+        return None
+
+    peak, left = bench.memory_use(two_in_turn)
+    assert 12_000_000 <= peak < 12_100_000 and abs(left) < 100_000
+
+
 def test_command_line_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         bench.main(["--threads", "0"])

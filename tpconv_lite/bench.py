@@ -465,9 +465,10 @@ def memory_use(fn: Callable[[], object], device: str | torch.device = "cpu") -> 
     What is left after a forward pass whose output is kept is what autograd saved for the backward pass (plus the
     output): the memory each layer of a deep model holds until its backward runs.
 
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: ``torch.profiler`` records each operator's allocations and
-    frees; adding them up in time order gives the memory in use after each operator, and its maximum (a peak inside
-    one operator, between its own allocations and frees, is not seen).
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: ``torch.profiler`` records each allocation and each free
+    of tensor memory, inside an operator or not; adding them up in time order gives the memory in use after each
+    of them, and its maximum. It cannot size a free of memory allocated before it started: ``fn`` should leave
+    such memory alone (the bench's callers hold on to it).
 
     Returns:
         ``(peak, in_use_at_the_end)``.
@@ -482,9 +483,11 @@ def memory_use(fn: Callable[[], object], device: str | torch.device = "cpu") -> 
         return torch.cuda.max_memory_allocated(device) - before, torch.cuda.memory_allocated(device) - before
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
         fn()
+    # the raw events: ``profiler.events()`` would first build the tree of operators, at several times the cost
+    events = [event for event in profiler.profiler.kineto_results.events() if event.name() == "[memory]"]
     in_use = peak = 0
-    for event in sorted(profiler.events(), key=lambda event: event.time_range.start):
-        in_use += event.self_cpu_memory_usage
+    for event in sorted(events, key=lambda event: event.start_ns()):
+        in_use += event.nbytes()
         peak = max(peak, in_use)
     return peak, in_use
 

@@ -148,7 +148,7 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, tpconv_lite {tpconv_
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-LIVE_STEPS, PROCESSES = 400, 2
+LIVE_STEPS, PROCESSES = 300, 2
 live = Path(tempfile.mkdtemp()) / "live"
 command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
            "-m", "tpconv_lite.train", "--out", str(live), "--preset", "small", "--steps", str(LIVE_STEPS),
