@@ -260,38 +260,45 @@ def _per_component(weight: Tensor) -> Tensor:
 
 # %%
 # Package code: tpconv_lite.fused.vector_to_matrix
-def vector_to_matrix(x: Tensor, weight: Tensor, basis: Tensor) -> Tensor:
+def vector_to_matrix(x: Tensor, weight: Tensor, basis: Tensor, components: Tensor | None = None) -> Tensor:
     """Weight each degree of ``x`` and add all degrees up as one matrix per feature: ``X = sum_l w_l C^l . x_l``.
 
     Args:
-        x: (..., (L+1)**2, F) irreps of one parity.
+        x: (..., n, F) irreps of one parity: all n = (L+1)**2 components of degrees ``0..L``, or those listed in
+            ``components``.
         weight: (L+1, F), one weight per degree and feature.
         basis: :func:`matrix_basis` with at least (L+1)**2 rows.
+        components: (n,) the indices of the components that ``x`` holds; None for all of them.
 
     Returns:
         (..., F, 2 l~ + 1, 2 l~ + 1).
     """
-    num_components = x.shape[-2]
     d = math.isqrt(basis.shape[1])
-    weighted = x * _per_component(weight)
-    return (weighted.transpose(-1, -2) @ basis[:num_components]).unflatten(-1, (d, d))
+    weight, rows = _per_component(weight), basis[: x.shape[-2]]
+    if components is not None:
+        weight, rows = weight[components], basis[components]
+    return ((x * weight).transpose(-1, -2) @ rows).unflatten(-1, (d, d))
 
 
 # %%
 # Package code: tpconv_lite.fused.matrix_to_vector
-def matrix_to_vector(z: Tensor, weight: Tensor, basis: Tensor) -> Tensor:
+def matrix_to_vector(z: Tensor, weight: Tensor, basis: Tensor, components: Tensor | None = None) -> Tensor:
     """Project matrices on the irreps of degree ``0..L`` and weight each degree: :func:`vector_to_matrix` undone.
 
     Args:
         z: (..., F, 2 l~ + 1, 2 l~ + 1).
         weight: (L+1, F), one weight per degree and feature.
         basis: :func:`matrix_basis` with at least (L+1)**2 rows.
+        components: (n,) the indices of the components to compute; None for all (L+1)**2.
 
     Returns:
-        (..., (L+1)**2, F).
+        (..., n, F).
     """
-    num_components = weight.shape[0] ** 2
-    return (z.flatten(-2) @ basis[:num_components].T).transpose(-1, -2) * _per_component(weight)
+    weight = _per_component(weight)
+    rows = basis[: weight.shape[0]]
+    if components is not None:
+        weight, rows = weight[components], basis[components]
+    return (z.flatten(-2) @ rows.T).transpose(-1, -2) * weight
 
 
 # %% [markdown]
@@ -458,12 +465,40 @@ print("as a 2019 Rs list:", irreps_to_rs(e3x_irreps(2, 1, 2)))
 # coefficients are $\sqrt{2l_3+1}$ `o3.wigner_3j(l1, l2, l3)`.
 
 # %% [markdown]
+# A one-channel input holds tensors only: its even irreps are the components of even degree, its odd irreps
+# those of odd degree. Rather than multiply the missing parity by zeros, the module takes each parity's
+# components apart and converts only those, with the matching rows of the basis (the `components` argument
+# of the two functions above); an output of tensors only is put back together the same way. The indices,
+# cached per degree and device:
+
+# %%
+# Package code: tpconv_lite.fused._parity_components
+@functools.lru_cache(maxsize=None)
+def _parity_components(max_degree: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The components of degrees ``0..L``: the indices of those of even degree, of those of odd degree, and the
+    order that puts ``cat(even part, odd part)`` back in place (three int64 tensors on ``device``)."""
+    degrees = torch.arange(max_degree + 1)
+    degree_of_component = torch.repeat_interleave(degrees, 2 * degrees + 1)
+    even, odd = (torch.nonzero(degree_of_component % 2 == parity).squeeze(-1) for parity in (0, 1))
+    return even.to(device), odd.to(device), torch.argsort(torch.cat((even, odd))).to(device)
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+even, odd, order = _parity_components(2, torch.device("cpu"))
+print("components of even degree (0 and 2):", even.tolist(), "| of odd degree (1):", odd.tolist())
+components = torch.arange(9.0)
+print("split, then put back in place:", torch.equal(torch.cat((components[even], components[odd]))[order], components))
+
+# %% [markdown]
 # ## The module
 #
 # Here is the package's class. Its heart is `_fused`: split each input into parities, four calls to
-# `vector_to_matrix`, four matrix products, four calls to `matrix_to_vector`, two sums. The rest is bookkeeping:
-# shapes and parities checked with clear errors, the two layouts, one-channel inputs (whose missing parity is zero),
-# and e3x's initialisation.
+# `vector_to_matrix`, the four matrix products, four calls to `matrix_to_vector`, two sums. The four products are
+# computed as two, $X_+ [Y_+\ Y_-]$ and $X_- [Y_+\ Y_-]$, whose halves are $X_+ Y_+, X_+ Y_-$ and $X_- Y_+, X_- Y_-$:
+# for matrices this small, a few wider products run faster than many square ones. The rest is bookkeeping: shapes
+# and parities checked with clear errors, the two layouts, one-channel inputs (split by degree, as above), and e3x's
+# initialisation.
 
 # %%
 # Package code: tpconv_lite.fused.FusedTensorProduct
@@ -534,11 +569,6 @@ class FusedTensorProduct(nn.Module):
         self.largest_degree = max(max_degree1, max_degree2, max_degree)
         self.matrix_degree = math.ceil(self.largest_degree / 2)
 
-        degrees = torch.arange(self.largest_degree + 1)
-        degree_of_component = torch.repeat_interleave(degrees, 2 * degrees + 1)
-        even_components = (degree_of_component % 2 == 0).to(torch.get_default_dtype()).unsqueeze(-1)
-        self.register_buffer("even_components", even_components, False)  # ((largest+1)**2, 1), 1 where l is even
-
         def kernel(max_degree: int) -> nn.Parameter:
             return nn.Parameter(torch.empty(max_degree + 1, num_features))
 
@@ -600,13 +630,18 @@ class FusedTensorProduct(nn.Module):
                     f"{name}: axis {axis} ({meaning}) must have size {origin} = {size}, got shape {tuple(x.shape)}"
                 )
 
-    def _split_parities(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(..., P, n, F) -> even and odd irreps, each (..., n, F) (zeros where a parity is absent)."""
+    @staticmethod
+    def _split_parities(x: Tensor, max_degree: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        """(..., P, (L+1)**2, F) -> the even and the odd irreps, each with the indices of the components it holds.
+
+        Two channels: each channel, all its components (None). One channel (tensors): the components of even
+        degree, and those of odd degree.
+        """
         if x.shape[-3] == 2:
-            return x[..., 0, :, :], x[..., 1, :, :]
+            return (x[..., 0, :, :], None), (x[..., 1, :, :], None)
         x = x.squeeze(-3)
-        even = self.even_components[: x.shape[-2]]
-        return x * even, x * (1 - even)
+        even, odd, _ = _parity_components(max_degree, x.device)
+        return (x.index_select(-2, even), even), (x.index_select(-2, odd), odd)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """The fused tensor product of ``x`` and ``y``; shapes as set by ``layout`` (see the class docstring)."""
@@ -619,16 +654,25 @@ class FusedTensorProduct(nn.Module):
         self._check("x", x, self.num_parity1, self.max_degree1, 1)
         self._check("y", y, self.num_parity2, self.max_degree2, 2)
         basis = _matrix_basis_on(self.matrix_degree, self.largest_degree, x.device, x.dtype)
-        x_even, x_odd = self._split_parities(x)
-        y_even, y_odd = self._split_parities(y)
-        xe, xo = vector_to_matrix(x_even, self.kernel_e1, basis), vector_to_matrix(x_odd, self.kernel_o1, basis)
-        ye, yo = vector_to_matrix(y_even, self.kernel_e2, basis), vector_to_matrix(y_odd, self.kernel_o2, basis)
-        even = matrix_to_vector(xe @ ye, self.kernel_eee, basis) + matrix_to_vector(xo @ yo, self.kernel_ooe, basis)
-        odd = matrix_to_vector(xe @ yo, self.kernel_eoo, basis) + matrix_to_vector(xo @ ye, self.kernel_oeo, basis)
+        (x_even, x_even_at), (x_odd, x_odd_at) = self._split_parities(x, self.max_degree1)
+        (y_even, y_even_at), (y_odd, y_odd_at) = self._split_parities(y, self.max_degree2)
+        xe = vector_to_matrix(x_even, self.kernel_e1, basis, x_even_at)
+        xo = vector_to_matrix(x_odd, self.kernel_o1, basis, x_odd_at)
+        ye = vector_to_matrix(y_even, self.kernel_e2, basis, y_even_at)
+        yo = vector_to_matrix(y_odd, self.kernel_o2, basis, y_odd_at)
+        # the four products as two, X+ [Y+ Y-] and X- [Y+ Y-]: fewer and wider matrix products run faster
+        d, y_both = ye.shape[-1], torch.cat((ye, yo), dim=-1)
+        from_xe, from_xo = xe @ y_both, xo @ y_both
+        even_at = odd_at = None  # with pseudotensors, every component of both parities
+        if self.num_parity3 == 1:  # tensors only: the even degrees of the even products, the odd of the odd ones
+            even_at, odd_at, order = _parity_components(self.max_degree, x.device)
+        even = (matrix_to_vector(from_xe[..., :d], self.kernel_eee, basis, even_at)
+                + matrix_to_vector(from_xo[..., d:], self.kernel_ooe, basis, even_at))  # fmt: skip
+        odd = (matrix_to_vector(from_xe[..., d:], self.kernel_eoo, basis, odd_at)
+               + matrix_to_vector(from_xo[..., :d], self.kernel_oeo, basis, odd_at))  # fmt: skip
         if self.num_parity3 == 2:
             return torch.stack((even, odd), dim=-3)
-        tensors = self.even_components[: even.shape[-2]]
-        return (even * tensors + odd * (1 - tensors)).unsqueeze(-3)
+        return torch.cat((even, odd), dim=-2).index_select(-2, order).unsqueeze(-3)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, matrix_degree={self.matrix_degree}"
