@@ -847,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keeps the profiler from printing a line at each start and stop
     results = run_benchmarks(quick=args.quick, device=str(device), progress=not args.no_progress)
     print(format_report(results))
     if args.json:
