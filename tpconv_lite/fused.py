@@ -188,6 +188,15 @@ def _per_component(weight: Tensor) -> Tensor:
     return weight.repeat_interleave(repeats, dim=0, output_size=num_degrees**2)
 
 
+def _weights_and_rows(weight: Tensor, basis: Tensor, components: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(L+1, F) weights per degree -> the weights per component and the matching rows of ``basis``: for all
+    (L+1)**2 components of degrees ``0..L``, or for the n listed in ``components``; (n, F) and (n, basis columns)."""
+    weight = _per_component(weight)
+    if components is None:
+        return weight, basis[: weight.shape[0]]
+    return weight[components], basis[components]
+
+
 @functools.lru_cache(maxsize=None)
 def _parity_components(max_degree: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The components of degrees ``0..L``: the indices of those of even degree, of those of odd degree, and the
@@ -212,9 +221,7 @@ def vector_to_matrix(x: Tensor, weight: Tensor, basis: Tensor, components: Tenso
         (..., F, 2 l~ + 1, 2 l~ + 1).
     """
     d = math.isqrt(basis.shape[1])
-    weight, rows = _per_component(weight), basis[: x.shape[-2]]
-    if components is not None:
-        weight, rows = weight[components], basis[components]
+    weight, rows = _weights_and_rows(weight, basis, components)
     return ((x * weight).transpose(-1, -2) @ rows).unflatten(-1, (d, d))
 
 
@@ -230,10 +237,7 @@ def matrix_to_vector(z: Tensor, weight: Tensor, basis: Tensor, components: Tenso
     Returns:
         (..., n, F).
     """
-    weight = _per_component(weight)
-    rows = basis[: weight.shape[0]]
-    if components is not None:
-        weight, rows = weight[components], basis[components]
+    weight, rows = _weights_and_rows(weight, basis, components)
     return (z.flatten(-2) @ rows.T).transpose(-1, -2) * weight
 
 

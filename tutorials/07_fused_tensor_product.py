@@ -259,6 +259,17 @@ def _per_component(weight: Tensor) -> Tensor:
 
 
 # %%
+# Package code: tpconv_lite.fused._weights_and_rows
+def _weights_and_rows(weight: Tensor, basis: Tensor, components: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(L+1, F) weights per degree -> the weights per component and the matching rows of ``basis``: for all
+    (L+1)**2 components of degrees ``0..L``, or for the n listed in ``components``; (n, F) and (n, basis columns)."""
+    weight = _per_component(weight)
+    if components is None:
+        return weight, basis[: weight.shape[0]]
+    return weight[components], basis[components]
+
+
+# %%
 # Package code: tpconv_lite.fused.vector_to_matrix
 def vector_to_matrix(x: Tensor, weight: Tensor, basis: Tensor, components: Tensor | None = None) -> Tensor:
     """Weight each degree of ``x`` and add all degrees up as one matrix per feature: ``X = sum_l w_l C^l . x_l``.
@@ -274,9 +285,7 @@ def vector_to_matrix(x: Tensor, weight: Tensor, basis: Tensor, components: Tenso
         (..., F, 2 l~ + 1, 2 l~ + 1).
     """
     d = math.isqrt(basis.shape[1])
-    weight, rows = _per_component(weight), basis[: x.shape[-2]]
-    if components is not None:
-        weight, rows = weight[components], basis[components]
+    weight, rows = _weights_and_rows(weight, basis, components)
     return ((x * weight).transpose(-1, -2) @ rows).unflatten(-1, (d, d))
 
 
@@ -294,10 +303,7 @@ def matrix_to_vector(z: Tensor, weight: Tensor, basis: Tensor, components: Tenso
     Returns:
         (..., n, F).
     """
-    weight = _per_component(weight)
-    rows = basis[: weight.shape[0]]
-    if components is not None:
-        weight, rows = weight[components], basis[components]
+    weight, rows = _weights_and_rows(weight, basis, components)
     return (z.flatten(-2) @ rows.T).transpose(-1, -2) * weight
 
 

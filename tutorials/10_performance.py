@@ -361,7 +361,8 @@ print(f"training step {training['speedup']:.2f}x, sampler step {sampling['speedu
 # backward pass computes them again. Less memory held between the passes, one extra forward pass of time.
 # The benchmark's memory section, `bench.bench_memory`, measures both kinds of memory: what a layer leaves allocated
 # after its forward pass (held until its backward runs, for every layer of a deep model at once) and the peak during
-# forward and backward.
+# forward and backward. On a CPU its meter, `bench.memory_use` (chapter 8), adds up every allocation and free that
+# the PyTorch profiler records, in time order, so a peak inside one operator counts too.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
