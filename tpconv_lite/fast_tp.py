@@ -25,15 +25,11 @@ numbers, which vectorises; with the edge axis first, the same sums are ``E`` tin
 4 x 3 by 3 x 3 matrices), which run one edge at a time.
 
 When the weights are the output of a linear layer ``w = A h + b`` (the last layer of the MLP),
-:func:`linear_weighted_tensor_product` gathers the rows of ``A`` and ``b`` that make the blocks ``W_o``, in the
-order of the blocks, and computes all of them in one matrix product, ``A[rows] h + b[rows]``: the weights in e3nn's
-order are never formed. One product with all the rows runs faster than one per block (on a CPU, with 16,256 edges
-and 128 hidden features, 1.3 to 1.4 times: blocks of 16 to 64 rows use the matrix routines poorly).
-:func:`tensor_product` takes weights in e3nn's order, like ``tp`` itself.
+:func:`linear_weighted_tensor_product` gathers the rows of ``A`` and ``b`` that make each block ``W_o`` and computes
+``W_o = A[rows_o] h + b[rows_o]`` directly: the weights in e3nn's order are never formed, and no slice of a per-edge
+tensor ever reaches autograd. :func:`tensor_product` takes weights in e3nn's order, like ``tp`` itself.
 
-Step 2 is an autograd function with a backward pass written by hand (``_WeightedSums``). It reads each block ``W_o``
-as a view of the stacked weights and writes each output into its rows of one output tensor, so that nothing is split
-or concatenated in either direction, and no slice of a per-edge tensor reaches autograd. Autograd would run three
+Step 2 is an autograd function with a backward pass written by hand (``_WeightedSum``): autograd would run three
 small operations per row ``U``, where the gradients need one multiply-add per component ``k`` and one per output
 copy ``w``. The couplings ``Y_o`` depend on the inputs and the paths, not on the weights:
 :func:`linear_weighted_tensor_products` evaluates several products of the same inputs (EigenFold's keys and values)
@@ -69,34 +65,28 @@ if TYPE_CHECKING:
 
 
 @functools.lru_cache(maxsize=None)
-def weight_rows(irreps_out: o3.Irreps, instructions: tuple[Instruction, ...], device: torch.device) -> Tensor:
-    """Where the rows of the stacked blocks ``W_o[w, U]`` sit in e3nn's flat weight vector.
+def weight_rows(
+    irreps_out: o3.Irreps, instructions: tuple[Instruction, ...], device: torch.device
+) -> tuple[Tensor, ...]:
+    """For each output irrep, where the entries of its block ``W_o[w, U]`` sit in e3nn's flat weight vector.
 
-    e3nn stores the weights path after path, each path as ``(mul1, mul2, mul_out)`` in row-major order. The blocks
-    come output irrep after output irrep, each ``mul_o * U_o`` rows long (none for an output that no path reaches);
-    within a block, row ``w * U_o + U``, with ``U`` running over the paths into ``o`` and their ``(u, v)``.
+    e3nn stores the weights path after path, each path as ``(mul1, mul2, mul_out)`` in row-major order.
 
     Returns:
-        (weight_numel,) long: ``weights[:, weight_rows(...)]`` puts weights in e3nn's order into the blocks' order.
-
-    Example:
-        >>> tp = o3.FullyConnectedTensorProduct("2x0e", "0e", "2x0e", shared_weights=False)
-        >>> weight_rows(tp.irreps_out, tuple(tp.instructions), torch.device("cpu"))  # e3nn's (u, w), w first here
-        tensor([0, 2, 1, 3])
+        One long tensor per output irrep, of length ``mul_o * U_o`` (empty for an output that no path reaches).
     """
     starts = [0]
     for ins in instructions:
         starts.append(starts[-1] + math.prod(ins.path_shape))
-    rows = [torch.zeros(0, dtype=torch.long, device=device)]
+    rows = []
     for i_out, (mul, _) in enumerate(irreps_out):
         blocks = [
             torch.arange(starts[n], starts[n + 1], device=device).view(-1, mul)  # (mul1 * mul2, mul_out): (U_p, w)
             for n, ins in enumerate(instructions)
             if ins.i_out == i_out
         ]
-        if blocks:
-            rows.append(torch.cat(blocks).T.reshape(-1))
-    return torch.cat(rows)
+        rows.append(torch.cat(blocks).T.reshape(-1) if blocks else torch.zeros(0, dtype=torch.long, device=device))
+    return tuple(rows)
 
 
 def _coupling(tp: o3.TensorProduct, ins: Instruction, like: Tensor) -> Tensor:
@@ -173,68 +163,41 @@ def _couplings(tp: o3.TensorProduct, i_out: int, x1_blocks: list[Tensor], x2_blo
     return couplings
 
 
-class _WeightedSums(torch.autograd.Function):
-    """``out_o[w, k, e] = sum_U W_o[w, U, e] Y_o[U, k, e]`` for every output irrep ``o``, edge axis last, with a
-    backward pass of few large operations.
+class _WeightedSum(torch.autograd.Function):
+    """``out[w, k, e] = sum_U W[w, U, e] Y[U, k, e]``, edge axis last, with a backward pass of few large operations.
 
-    The blocks ``W_o`` come stacked in one tensor ``(sum_o mul_o * U_o, E)``, as one matrix product of the MLP's last
-    layer writes them, and the outputs go into one tensor ``(irreps_out.dim, E)``: neither is split nor concatenated,
-    going forward or backward. ``Y_o`` comes as the per-path blocks ``y_p`` that stack into it along ``U``, so that it
-    is never copied into one tensor. Forward adds one ``U`` at a time (``U`` multiply-adds into ``out_o``, which stays
-    small). Left to autograd, each of them would cost three operations going backward; here the gradients are sums
-    over ``k`` and over ``w``, the two short axes: ``dW[w, U] = sum_k dout[w, k] Y[U, k]`` and
-    ``dY[U, k] = sum_w W[w, U] dout[w, k]``.
+    ``Y`` comes as the per-path blocks ``y_p`` that stack into it along ``U``, so that it is never copied into one
+    tensor. Forward adds one ``U`` at a time (``U`` multiply-adds into ``out``, which stays small). Left to
+    autograd, each of them would cost three operations going backward; here the gradients are sums over ``k`` and
+    over ``w``, the two short axes: ``dW[w, U] = sum_k dout[w, k] Y[U, k]`` and ``dY[U, k] = sum_w W[w, U] dout[w, k]``.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, layout: tuple[tuple[int, int, int], ...], *ys: Tensor) -> Tensor:
-        """``w``: (rows, E); ``layout``: ``(mul_o, dim_o, paths_o)`` per output irrep; ``ys``: the ``y_p`` in order."""
-        ctx.layout = layout
+    def forward(ctx, w: Tensor, *ys: Tensor) -> Tensor:
         ctx.save_for_backward(w, *ys)
-        out = w.new_zeros(sum(mul * dim for mul, dim, _ in layout), w.shape[1])
-        for w_o, out_o, ys_o in _blocks(layout, w, out, ys):
-            for w_u, y_u in zip(w_o.unbind(1), [y_u for y in ys_o for y_u in y.unbind(0)]):
-                out_o.addcmul_(w_u.unsqueeze(1), y_u)
+        out = w.new_zeros(w.shape[0], ys[0].shape[1], w.shape[2])
+        for w_u, y_u in zip(w.unbind(1), [y_u for y in ys for y_u in y.unbind(0)]):
+            out.addcmul_(w_u.unsqueeze(1), y_u)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         w, *ys = ctx.saved_tensors
-        grad = grad.contiguous()
         grad_w = w.new_empty(w.shape) if ctx.needs_input_grad[0] else None
-        grad_w_blocks = _blocks(ctx.layout, grad_w, grad, ys) if grad_w is not None else None
         grad_ys = []
-        for i, (w_o, grad_o, ys_o) in enumerate(_blocks(ctx.layout, w, grad, ys)):
-            start = 0
-            for y in ys_o:
-                block = slice(start, start + len(y))
-                start = block.stop
-                if grad_w_blocks is not None:  # (w, U_p, E): one multiply-add per component k
-                    pairs = [(g_k.unsqueeze(1), y_k) for g_k, y_k in zip(grad_o.unbind(1), y.unbind(1))]
-                    _sum_of_products(pairs, out=grad_w_blocks[i][0][:, block])
-                if ctx.needs_input_grad[2 + len(grad_ys)]:  # (U_p, k, E): one multiply-add per output copy w
-                    pairs = [(w_w.unsqueeze(1), g_w) for w_w, g_w in zip(w_o[:, block].unbind(0), grad_o.unbind(0))]
-                    grad_ys.append(_sum_of_products(pairs))
-                else:
-                    grad_ys.append(None)
-        return grad_w, None, *grad_ys
-
-
-def _blocks(
-    layout: tuple[tuple[int, int, int], ...], w: Tensor, out: Tensor, ys: Sequence[Tensor]
-) -> list[tuple[Tensor, Tensor, Sequence[Tensor]]]:
-    """Cut the stacked weights and outputs into the views ``W_o`` (w, U, E) and ``out_o`` (w, k, E), with the
-    ``y_p`` of each output irrep; outputs that no path reaches are left out (their rows of ``out`` stay zero)."""
-    blocks = []
-    row = column = n_path = 0
-    for mul, dim, paths in layout:
-        ys_o = ys[n_path : n_path + paths]
-        u = sum(len(y) for y in ys_o)
-        if paths:
-            w_o = w[row : row + mul * u].view(mul, u, -1)
-            blocks.append((w_o, out[column : column + mul * dim].view(mul, dim, -1), ys_o))
-        row, column, n_path = row + mul * u, column + mul * dim, n_path + paths
-    return blocks
+        start = 0
+        for i, y in enumerate(ys):
+            block = slice(start, start + len(y))
+            start = block.stop
+            if grad_w is not None:  # (w, U_p, E): one multiply-add per component k
+                pairs = [(g_k.unsqueeze(1), y_k) for g_k, y_k in zip(grad.unbind(1), y.unbind(1))]
+                _sum_of_products(pairs, out=grad_w[:, block])
+            if ctx.needs_input_grad[1 + i]:  # (U_p, k, E): one multiply-add per output copy w
+                pairs = [(w_w.unsqueeze(1), g_w) for w_w, g_w in zip(w[:, block].unbind(0), grad.unbind(0))]
+                grad_ys.append(_sum_of_products(pairs))
+            else:
+                grad_ys.append(None)
+        return grad_w, *grad_ys
 
 
 def _sum_of_products(pairs: list[tuple[Tensor, Tensor]], out: Tensor | None = None) -> Tensor:
@@ -247,7 +210,7 @@ def _sum_of_products(pairs: list[tuple[Tensor, Tensor]], out: Tensor | None = No
 
 
 def edge_last_product(
-    tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: Tensor, shared: dict | None = None
+    tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weights: list[Tensor], shared: dict | None = None
 ) -> Tensor:
     """The tensor product with the edge axis last.
 
@@ -255,8 +218,7 @@ def edge_last_product(
         tp: the e3nn tensor product (its irreps, paths and 3j buffers are used, not its forward).
         x1: (irreps_in1.dim, E).
         x2: (irreps_in2.dim, E).
-        weights: (tp.weight_numel, E), the blocks ``W_o`` of all output irreps stacked: row ``r`` holds the weight
-            at ``weight_rows(...)[r]`` of e3nn's flat weight vector.
+        weights: one ``(mul_o * U_o, E)`` block per output irrep, rows ordered as ``weight_rows`` says.
         shared: couplings already computed from the same ``x1`` and ``x2`` by a tensor product with the same
             inputs, keyed by the paths into an output irrep; new ones are added (see
             :func:`linear_weighted_tensor_products`).
@@ -268,14 +230,18 @@ def edge_last_product(
     x1_blocks = [x1[s].view(mul, ir.dim, n_edges) for s, (mul, ir) in zip(tp.irreps_in1.slices(), tp.irreps_in1)]
     x2_blocks = [x2[s].view(mul, ir.dim, n_edges) for s, (mul, ir) in zip(tp.irreps_in2.slices(), tp.irreps_in2)]
     shared = {} if shared is None else shared
-    layout, ys = [], []  # (mul_o, dim_o, number of paths into o) per output irrep; the couplings y_p of all paths
+    outputs = []
     for i_out, (mul_out, ir_out) in enumerate(tp.irreps_out):
         paths = tuple((ins.i_in1, ins.i_in2, ins.path_weight) for ins in tp.instructions if ins.i_out == i_out)
         if (ir_out, paths) not in shared:
             shared[ir_out, paths] = _couplings(tp, i_out, x1_blocks, x2_blocks)
-        layout.append((mul_out, ir_out.dim, len(shared[ir_out, paths])))
-        ys.extend(shared[ir_out, paths])  # [(U_p, k, E) for each path p]
-    return _WeightedSums.apply(weights, tuple(layout), *ys)
+        ys = shared[ir_out, paths]  # [(U_p, k, E) for each path p]
+        if not ys:
+            outputs.append(x1.new_zeros(mul_out * ir_out.dim, n_edges))
+            continue
+        w = weights[i_out].view(mul_out, sum(len(y) for y in ys), n_edges)  # (w, U, E)
+        outputs.append(_WeightedSum.apply(w, *ys).view(mul_out * ir_out.dim, n_edges))
+    return torch.cat(outputs)
 
 
 def tensor_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weight: Tensor) -> Tensor:
@@ -303,7 +269,9 @@ def tensor_product(tp: o3.TensorProduct, x1: Tensor, x2: Tensor, weight: Tensor)
         raise ValueError(f"weight must have shape {(*x1.shape[:-1], tp.weight_numel)}, got {shape}")
     batch = x1.shape[:-1]
     rows = weight_rows(tp.irreps_out, tuple(tp.instructions), weight.device)
-    weights = weight.reshape(-1, tp.weight_numel)[:, rows].T.contiguous()  # one gather, one transpose
+    weight = weight.reshape(-1, tp.weight_numel)
+    grouped = weight[:, torch.cat(rows)].T.contiguous()  # one gather, one transpose
+    weights = list(torch.split(grouped, [len(r) for r in rows]))
     x1, x2 = EdgeLast.apply(x1.reshape(-1, x1.shape[-1])), EdgeLast.apply(x2.reshape(-1, x2.shape[-1]))
     out = EdgeLast.apply(edge_last_product(tp, x1, x2, weights))
     return out.reshape(*batch, tp.irreps_out.dim)
@@ -314,9 +282,9 @@ def linear_weighted_tensor_product(
 ) -> Tensor:
     """``tp(x1, x2, linear(hidden))``, without forming the weights in e3nn's order.
 
-    The blocks of weights are computed from their rows of the linear layer, all in one product ``A[rows] h + b[rows]``
-    with the edge axis last (see the module docstring): the same numbers as ``linear(hidden)``, in the order the
-    product uses them.
+    Each block of weights is computed from its own rows of the linear layer, ``W_o = A[rows_o] h + b[rows_o]``, with
+    the edge axis last (see the module docstring): the same numbers as ``linear(hidden)``, in the order the product
+    uses them.
 
     Args:
         tp: as in :func:`tensor_product`.
@@ -381,8 +349,8 @@ def linear_weighted_tensor_products(
     outputs = []
     for tp, hidden, linear in products:
         rows = weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
-        a, b = linear.weight[rows], linear.bias  # the rows of the blocks W_o, in order
-        weights = a @ hidden.T if b is None else torch.addmm(b[rows, None], a, hidden.T)  # one product: (rows, E)
+        hidden_t, a, b = hidden.T, linear.weight, linear.bias  # hidden_t: (in_features, E)
+        weights = [a[r] @ hidden_t if b is None else torch.addmm(b[r, None], a[r], hidden_t) for r in rows]
         outputs.append(EdgeLast.apply(edge_last_product(tp, x1, x2, weights, shared)))
     return outputs
 

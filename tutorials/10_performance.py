@@ -426,14 +426,11 @@ for attention in (False, True):
 # 2. **paths are grouped by output irrep**: the Clebsch-Gordan couplings of all the paths into one output irrep form
 #    one tensor $Y_o[U, k, e]$, $U$ running over (path, $u$, $v$), contracted with one block of weights
 #    $W_o[w, U, e]$: $\text{out}_o[w, k, e] = \sum_U W_o[w, U, e]\, Y_o[U, k, e]$. This weighted sum has its
-#    backward pass written by hand (`_WeightedSums`): one multiply-add per component $k$ for the gradient of $W_o$,
+#    backward pass written by hand (`_WeightedSum`): one multiply-add per component $k$ for the gradient of $W_o$,
 #    one per output copy $w$ for that of $Y_o$, where autograd would run three small operations per row $U$;
 # 3. **the weights are never formed in e3nn's order**: they are the output of the MLP's last linear layer
-#    $w = A h + b$, so the blocks, stacked one after the other, are $A[\text{rows}] h + b[\text{rows}]$, one matrix
-#    product with the rows of $A$ taken in the blocks' order. Each block $W_o$ is a view of the result, and each
-#    output a view of one output tensor: nothing is split or concatenated, no slice of a per-edge tensor reaches
-#    autograd, and nothing is zero-filled in the backward pass. (One product of all 528 rows also runs faster than one
-#    per block: blocks of 16 to 64 rows use the matrix routines poorly.)
+#    $w = A h + b$, so each block $W_o = A[\text{rows}_o] h + b[\text{rows}_o]$ is computed directly from its own rows
+#    of $A$. No slice of a per-edge tensor ever reaches autograd, and nothing is zero-filled in the backward pass;
 # 4. **what does not depend on the weights is computed once**: the couplings $Y_o$ depend on $x_j$, $Y(r_{ij})$ and
 #    the paths only. The keys and the values of the attention are tensor products of the same inputs with the same
 #    paths (output multiplicities 8 and 16 of the same irreps), so they share them;
@@ -443,7 +440,7 @@ for attention in (False, True):
 #    product of 22 numbers per edge, instead of a tensor product per edge.
 #
 # Here are the functions the layer calls; the helpers they name are public functions of the same module, imported at
-# the top (`weight_rows` finds the rows of the blocks, `edge_last_product` does steps 1 and 2, `EdgeLast` is a
+# the top (`weight_rows` finds the rows of each block, `edge_last_product` does steps 1 and 2, `EdgeLast` is a
 # transpose whose gradient is contiguous, `check_tensor_product` checks the inputs):
 
 # %%
@@ -491,8 +488,8 @@ def linear_weighted_tensor_products(
     outputs = []
     for tp, hidden, linear in products:
         rows = weight_rows(tp.irreps_out, tuple(tp.instructions), hidden.device)
-        a, b = linear.weight[rows], linear.bias  # the rows of the blocks W_o, in order
-        weights = a @ hidden.T if b is None else torch.addmm(b[rows, None], a, hidden.T)  # one product: (rows, E)
+        hidden_t, a, b = hidden.T, linear.weight, linear.bias  # hidden_t: (in_features, E)
+        weights = [a[r] @ hidden_t if b is None else torch.addmm(b[r, None], a[r], hidden_t) for r in rows]
         outputs.append(EdgeLast.apply(edge_last_product(tp, x1, x2, weights, shared)))
     return outputs
 
@@ -504,9 +501,9 @@ def linear_weighted_tensor_product(
 ) -> Tensor:
     """``tp(x1, x2, linear(hidden))``, without forming the weights in e3nn's order.
 
-    The blocks of weights are computed from their rows of the linear layer, all in one product ``A[rows] h + b[rows]``
-    with the edge axis last (see the module docstring): the same numbers as ``linear(hidden)``, in the order the
-    product uses them.
+    Each block of weights is computed from its own rows of the linear layer, ``W_o = A[rows_o] h + b[rows_o]``, with
+    the edge axis last (see the module docstring): the same numbers as ``linear(hidden)``, in the order the product
+    uses them.
 
     Args:
         tp: as in :func:`tensor_product`.
