@@ -10,6 +10,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from tpconv_lite import conv_layer
 from tpconv_lite.reference import ReferenceLayer  # EigenFold's layer, transcribed with its quirks
 from tpconv_lite.conv_layer import TensorProductConvLayer
 from tpconv_lite.testing import check_equivariance
@@ -221,6 +222,54 @@ def test_checkpointing_stores_fewer_activations(attention):
         stored[checkpointing] = sum(numel)
     layer.checkpointing = True
     assert stored[True] < stored[False] / 2, stored
+
+
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize(("residual", "reduce", "out_nodes"), FORWARD_OPTIONS)
+def test_edge_chunks_change_nothing_without_autograd(attention, residual, reduce, out_nodes):
+    layer = make_layer(TensorProductConvLayer, attention, True, False).eval()
+    randomize_(layer, seed=8)
+    inputs = graph_for(out_nodes)
+    n_edges, default = inputs[1].shape[1], layer.edge_chunk
+    outputs = {}
+    with torch.no_grad():
+        for size in (0, 1, 5, n_edges - 1, n_edges):
+            layer.edge_chunk = size
+            outputs[size] = layer(*inputs, residual=residual, reduce=reduce, out_nodes=out_nodes)
+    layer.edge_chunk = default
+    for size in (1, 5, n_edges - 1, n_edges):
+        torch.testing.assert_close(outputs[size], outputs[0], rtol=0, atol=1e-12, msg=f"edge_chunk={size}")
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_edge_chunks_only_without_autograd(attention, monkeypatch):
+    """At most 5 edges a chunk: ceil(E / 5) calls of the tensor product (sizes within one) under no_grad, one call of
+    all E with autograd."""
+    layer = make_layer(TensorProductConvLayer, attention, False, False).eval()
+    randomize_(layer, seed=9)
+    node_attr, edge_index, edge_attr, edge_sh = make_graph()
+    edge_attr = edge_attr[:, : N_EDGE_FEATURES - 4]  # the ends' scalars are appended by the layer (end_scalars=2)
+    name = "linear_weighted_tensor_products" if attention else "linear_weighted_tensor_product"
+    calls = []
+
+    def counted(*args):
+        calls.append(len(args[1]))  # the edges of this call: the rows of the source features
+        return original(*args)
+
+    original = getattr(conv_layer, name)
+    monkeypatch.setattr(conv_layer, name, counted)
+    inputs, default = (node_attr, edge_index, edge_attr, edge_sh), layer.edge_chunk
+    layer.edge_chunk = 5
+    try:
+        with torch.no_grad():
+            chunked = layer(*inputs, end_scalars=2)
+        n_chunks = len(calls)
+        whole = layer(*inputs, end_scalars=2)
+    finally:
+        layer.edge_chunk = default
+    assert n_chunks == -(-edge_index.shape[1] // 5) and max(calls[:n_chunks]) - min(calls[:n_chunks]) <= 1
+    assert sum(calls[:n_chunks]) == edge_index.shape[1] and calls[n_chunks:] == [edge_index.shape[1]]
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-12)
 
 
 def test_attention_ignores_reduce():

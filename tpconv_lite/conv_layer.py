@@ -43,7 +43,8 @@ axis last. With attention, the keys and values share their Clebsch-Gordan coupli
 (:func:`~tpconv_lite.fast_tp.linear_weighted_tensor_products`), and the logits ``dot(query_i, key_ij)`` go through
 the matrix of ``dot`` (:func:`~tpconv_lite.fast_tp.bilinear_matrix`). Outputs and gradients equal the original's up
 to float rounding (1e-7 relative in float32); on a dense graph of 128 residues, forward and backward take less than
-half the time (``python -m tpconv_lite.bench``).
+half the time (``python -m tpconv_lite.bench``). Without autograd (sampling), the edges go through in chunks of
+``edge_chunk``, so that no per-edge weight tensor grows with the graph.
 
 Four behaviours of the original are kept on purpose and stated here so they do not surprise:
 
@@ -85,6 +86,11 @@ def _edge_mlp(n_edge_features: int, fc_dim: int, n_out: int, dropout: float) -> 
     )
 
 
+def _cat(parts: list[Tensor]) -> Tensor:
+    """``torch.cat(parts)``, without a copy when there is one part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _padding_lines_up(irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> bool:
     """Whether zero-padding (or cutting) features of ``irreps_in`` to the width of ``irreps_out`` is equivariant.
 
@@ -118,6 +124,12 @@ class TensorProductConvLayer(nn.Module):
     Attributes:
         checkpointing: recompute the message passing during backward instead of storing its intermediates, in
             training mode (True by default, as in the original). Outputs and gradients are the same either way.
+        edge_chunk: with autograd off (under ``torch.no_grad()``, as when sampling), compute the messages of at
+            most this many edges at a time (16384 by default; 0: all at once). The largest per-edge block of
+            weights then stays under 21 MB at EigenFold's sizes, where all edges at once take 115 MB for a dense
+            graph of 300 residues and 2.9 GB for 1500: the weights no longer grow with the graph, and on a
+            CPU glibc's allocator no longer maps fresh memory, page by page, at each call for blocks above 32 MiB
+            (a cost that grows with the graph). The same numbers either way.
 
     Example:
         >>> layer = TensorProductConvLayer("4x0e", "2x0e", "2x0e + 1x1o", "1x0e + 1x1o", "4x0e + 1x1o", 3)
@@ -148,6 +160,7 @@ class TensorProductConvLayer(nn.Module):
         self.n_edge_features = n_edge_features
         self.attention = attention
         self.checkpointing = True
+        self.edge_chunk = 16384
 
         self.lin_in = o3.Linear(self.in_irreps, in_tp_irreps, internal_weights=True)
         self.tp = o3.FullyConnectedTensorProduct(in_tp_irreps, self.sh_irreps, out_tp_irreps, shared_weights=False)
@@ -243,12 +256,18 @@ class TensorProductConvLayer(nn.Module):
 
         The same numbers as calling ``tp`` on ``fc``'s output, up to float rounding, computed by
         :func:`~tpconv_lite.fast_tp.linear_weighted_tensor_product`: the MLP's last linear layer is evaluated block
-        by block, in the order in which the tensor product uses its weights.
+        by block, in the order in which the tensor product uses its weights. With autograd off, the messages are
+        computed ``edge_chunk`` edges at a time (:meth:`_edge_slices`) and reduced together.
         """
-        hidden = self._hidden(self.fc, edge_attr, ends, edge_src, edge_dst)
-        sources = node_attr_in.index_select(0, edge_src)  # node_attr_in[edge_src]; see _hidden
-        messages = linear_weighted_tensor_product(self.tp, sources, edge_sh, hidden, self.fc[-1])
-        return scatter(messages, edge_dst, dim=0, dim_size=out_nodes, reduce=reduce)
+
+        def messages(edges: slice) -> Tensor:  # (number of edges, out_tp_irreps.dim)
+            src, dst = edge_src[edges], edge_dst[edges]
+            hidden = self._hidden(self.fc, edge_attr[edges], ends, src, dst)
+            sources = node_attr_in.index_select(0, src)  # node_attr_in[src]; see _hidden
+            return linear_weighted_tensor_product(self.tp, sources, edge_sh[edges], hidden, self.fc[-1])
+
+        all_messages = _cat([messages(edges) for edges in self._edge_slices(len(edge_src))])
+        return scatter(all_messages, edge_dst, dim=0, dim_size=out_nodes, reduce=reduce)
 
     def _attend(
         self,
@@ -263,19 +282,35 @@ class TensorProductConvLayer(nn.Module):
     ) -> Tensor:
         """Values weighted by a softmax of ``dot(query_i, key_ij)`` over the incoming edges: (out_nodes, dim).
 
-        ``reduce`` is ignored: the weights of each target already sum to one.
+        ``reduce`` is ignored: the weights of each target already sum to one. With autograd off, the logits and
+        values are computed ``edge_chunk`` edges at a time (:meth:`_edge_slices`), the softmax over all of them.
         """
-        keys, values = linear_weighted_tensor_products(
-            [(tp, self._hidden(fc, edge_attr, ends, edge_src, edge_dst), fc[-1]) for tp, fc in
-             ((self.tp_k, self.fc_k), (self.tp, self.fc))],
-            node_attr_in.index_select(0, edge_src),
-            edge_sh,
-        )  # fmt: skip
         # dot(query_i, key_ij) for every edge, through the matrix of the bilinear map `dot`: a product per node
         query_m = torch.einsum("ni,ijo->njo", self.h_q(node_attr_in), bilinear_matrix(self.dot))  # (N, key dim, 1)
-        logits = (query_m.index_select(0, edge_dst) * keys.unsqueeze(-1)).sum(1)  # (E, 1)
+
+        def logits_and_values(edges: slice) -> tuple[Tensor, Tensor]:  # (number of edges, 1) and (..., dim)
+            src, dst = edge_src[edges], edge_dst[edges]
+            keys, values = linear_weighted_tensor_products(
+                [(tp, self._hidden(fc, edge_attr[edges], ends, src, dst), fc[-1]) for tp, fc in
+                 ((self.tp_k, self.fc_k), (self.tp, self.fc))],
+                node_attr_in.index_select(0, src),
+                edge_sh[edges],
+            )  # fmt: skip
+            return (query_m.index_select(0, dst) * keys.unsqueeze(-1)).sum(1), values
+
+        chunks = [logits_and_values(edges) for edges in self._edge_slices(len(edge_src))]
+        logits, values = _cat([chunk[0] for chunk in chunks]), _cat([chunk[1] for chunk in chunks])
         alpha = edge_softmax(logits, edge_dst, out_nodes)
         return scatter(alpha * values, edge_dst, dim=0, dim_size=out_nodes)
+
+    def _edge_slices(self, n_edges: int) -> list[slice]:
+        """When autograd is off and there are more than ``edge_chunk`` edges, the fewest slices of at most that many,
+        of equal sizes (to one edge); else one slice of all edges."""
+        if torch.is_grad_enabled() or not self.edge_chunk or n_edges <= self.edge_chunk:
+            return [slice(None)]
+        n_slices = -(-n_edges // self.edge_chunk)
+        bounds = [n_edges * i // n_slices for i in range(n_slices + 1)]
+        return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
 
     @staticmethod
     def _hidden(
