@@ -106,6 +106,37 @@ def test_score_model_rows_compare_equal_models(command_line):
     assert training["flops"] > 0 and training["flop_rate"] == pytest.approx(
         training["flops"] / training["ours"]["median"])
     assert results["matmul_rate"] > 0
+    for row in rows:
+        products = row["products"]
+        assert products["products"] > 0 and 0 < products["faster_layout"] <= products["as_laid_out"]
+    assert training["products"]["flops"] == training["flops"]  # the same products as torch's FLOP counter
+    assert training["products"]["products"] > sampling["products"]["products"]  # backward and recomputation
+    assert "ceiling" in command_line[1]
+
+
+def test_products_alone_records_every_product():
+    """Each kind of matrix product is found, from any caller (einsum, linear, autograd), with its FLOPs."""
+    a = torch.randn(5, 4, requires_grad=True)
+    b, c, bias = torch.randn(4, 3), torch.randn(2, 3, 6), torch.randn(3)
+
+    def work():
+        torch.einsum("bij,bjk->bik", c.transpose(1, 2), c)  # bmm: 2 x (6, 3) @ (3, 6)
+        torch.addmm(bias, a, b).sum().backward()  # addmm, then mm for the gradient of a: (5, 3) @ (3, 4)
+
+    floor = bench.products_alone(work, repeats=1)
+    assert floor["products"] == 3
+    assert floor["flops"] == 2 * (2 * 6 * 3 * 6 + 5 * 4 * 3 + 5 * 3 * 4)
+    assert 0 < floor["faster_layout"] <= floor["as_laid_out"]
+    assert bench.products_alone(lambda: torch.randn(3, 3) + 1)["products"] == 0
+
+
+def test_products_alone_times_each_layout_of_the_same_product():
+    """Operands laid out as in the step: transposed and expanded (zero-stride) views are rebuilt, not copied."""
+    x = bench._random_strided((4, 3), (1, 4), torch.float32, torch.device("cpu"))
+    assert x.stride() == (1, 4) and not x.is_contiguous()
+    expanded = bench._random_strided((2, 3, 5), (0, 5, 1), torch.float32, torch.device("cpu"))
+    assert torch.equal(expanded[0], expanded[1])
+    assert bench._random_strided((0, 3), (3, 1), torch.float32, torch.device("cpu")).shape == (0, 3)
 
 
 def test_score_model_differences_are_real():

@@ -23,7 +23,8 @@ Five sections, each a function that returns plain data (dicts, lists, floats) so
    built from the reference layer) against :class:`~tpconv_lite.score_model.ResiLevelTensorProductScoreModel` with
    the same ``state_dict``, at EigenFold's sizes on one chain with the dense graph: the training step, its peak
    memory, and the sampler's step; with the matrix-product operations of our step, their rate, and that rate as a
-   fraction of ``torch.mm``'s (:func:`matmul_rate`).
+   fraction of ``torch.mm``'s (:func:`matmul_rate`); and the floor under our steps, their matrix products timed
+   alone (:func:`products_alone`).
 
 Timing: in each case the contenders run alternately in one process, after warm-up runs, and each reports the
 median, min and max of its repeats (wall clock; CUDA is synchronised). The measuring tools are public, and the
@@ -49,6 +50,7 @@ from importlib.metadata import version
 import torch
 from e3nn import o3
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 import tpconv_lite
@@ -620,6 +622,84 @@ def counted_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+_PRODUCTS = ("mm.default", "addmm.default", "bmm.default", "baddbmm.default")
+
+
+class _ProductRecorder(TorchDispatchMode):
+    """Records the two matrices of every ``mm``, ``addmm``, ``bmm`` and ``baddbmm`` that runs under it: shapes,
+    strides, dtype and device, whoever calls them (linear layers, einsum, autograd's backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.products: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's signature)
+        if str(func).removeprefix("aten.") in _PRODUCTS:
+            a, b = [x for x in args if isinstance(x, Tensor)][-2:]  # addmm/baddbmm: the bias comes first
+            self.products.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), a.dtype, a.device))
+        return func(*args, **(kwargs or {}))
+
+
+def _random_strided(
+    shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Random numbers laid out with these shape and strides (an expanded operand's zero strides included)."""
+    storage = 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if all(shape) else 0
+    return torch.randn(storage, dtype=dtype, device=device).as_strided(shape, stride)
+
+
+def products_alone(fn: Callable[[], object], repeats: int = 3) -> dict:
+    """The matrix products that ``fn`` runs, each timed alone: what ``fn`` would take if nothing else cost time.
+
+    ``fn`` runs once while :class:`_ProductRecorder` notes its products (forward and backward, recomputations
+    included). Each distinct product then runs alone on random operands of the same shapes, strides, dtype and
+    device, without the bias of ``addmm``, in three ways: as laid out in ``fn``; ``C = A B`` with contiguous
+    operands; and ``C^T = B^T A^T`` with contiguous operands (the same sums, the result stored transposed). A
+    matrix library's speed depends on the layout: on a CPU, a product with a long edge axis runs up to twice as
+    fast when the edges index the rows of the result rather than its columns.
+
+    Args:
+        fn: the work, a function of no arguments.
+        repeats: timed runs of each way (after one warm-up run); each way's median counts.
+
+    Returns:
+        ``{"products", "flops", "as_laid_out", "faster_layout"}``: the number of products, their floating-point
+        operations (``2 m k n`` each, times the batch), and the seconds of all of them run alone, as laid out and
+        each in the fastest of the three ways.
+
+    Example:
+        >>> a, b = torch.randn(64, 32), torch.randn(32, 16)
+        >>> floor = products_alone(lambda: torch.nn.functional.linear(a, b.T, torch.zeros(16)), repeats=1)
+        >>> floor["products"], floor["flops"], 0 < floor["faster_layout"] <= floor["as_laid_out"]
+        (1, 65536, True)
+    """
+    recorder = _ProductRecorder()
+    with recorder:
+        fn()
+    seconds: dict[tuple, tuple[float, float]] = {}
+    as_laid_out = faster_layout = 0.0
+    flops = 0
+    for key in recorder.products:
+        shape_a, stride_a, shape_b, stride_b, dtype, device = key
+        if key not in seconds:
+            a = _random_strided(shape_a, stride_a, dtype, device)
+            b = _random_strided(shape_b, stride_b, dtype, device)
+            a_c, b_c, a_t, b_t = a.contiguous(), b.contiguous(), a.mT.contiguous(), b.mT.contiguous()
+            ways = {
+                "as laid out": lambda: torch.matmul(a, b),
+                "C = A B": lambda: torch.matmul(a_c, b_c),
+                "C^T = B^T A^T": lambda: torch.matmul(b_t, a_t),
+            }
+            timings = time_side_by_side(ways, 1, repeats, device)
+            medians = {way: timing["median"] for way, timing in timings.items()}
+            seconds[key] = (medians["as laid out"], min(medians.values()))
+        as_laid_out += seconds[key][0]
+        faster_layout += seconds[key][1]
+        flops += 2 * math.prod(shape_a) * shape_b[-1]
+    return {"products": len(recorder.products), "flops": flops, "as_laid_out": as_laid_out,
+            "faster_layout": faster_layout}  # fmt: skip
+
+
 def bench_score_model(
     sizes: Sequence[int] = (150, 300),
     warmup: int = 1,
@@ -638,7 +718,9 @@ def bench_score_model(
         ``ours`` (and ``ours, no checkpoint`` for training), ``speedup`` (reference / ours, medians),
         ``speedup_of_fastest``, ``output_difference``, ``gradient_difference`` and, for training, ``peak`` (bytes,
         per contender), ``flops`` (counted in our step: :func:`counted_flops`) and ``flop_rate`` (those operations
-        per second of our median step).
+        per second of our median step); for both passes, ``products``: our step's matrix products timed alone
+        (:func:`products_alone`), a floor under our time, so that ``reference / products["faster_layout"]`` is
+        the most that any code doing our products could gain over the reference on this machine.
     """
     device = torch.device(device)
     reference, ours = default_score_models(device)
@@ -670,6 +752,7 @@ def bench_score_model(
                                                               max(max(d[1:]) for d in differences))}  # fmt: skip
         row.update({"ours, no checkpoint": timings["ours, no checkpoint"], "peak": peak, "flops": flops})
         row["flop_rate"] = flops / timings["ours"]["median"]
+        row["products"] = products_alone(functools.partial(train, "ours"))
         rows.append(row)
         if tick:
             tick(f"score model N={n} training step")
@@ -682,7 +765,9 @@ def bench_score_model(
         outputs = {name: step() for name, step in steps.items()}
         timings = time_side_by_side(steps, warmup, repeats, device)
         difference = relative_difference(outputs["ours"], outputs["reference"])
-        rows.append({**case, "pass": "sampler step", **_compared(timings, difference, None)})
+        row = {**case, "pass": "sampler step", **_compared(timings, difference, None)}
+        row["products"] = products_alone(steps["ours"])
+        rows.append(row)
         if tick:
             tick(f"score model N={n} sampler step")
     return rows
@@ -828,6 +913,18 @@ def format_report(results: dict) -> str:
     parts.append(_table(header + ["of torch.mm"], rows))
     parts.append(f"torch.mm, 1024 x 1024 float32: {rate / 1e9:.1f} GFLOP/s; GFLOP counts the matrix products of our "
                  "training step (torch.utils.flop_counter)")  # fmt: skip
+    rows = [
+        [r["n_residues"], r["pass"], r["products"]["products"], f"{r['products']['flops'] / 1e9:.1f}",
+         f"{1e3 * r['ours']['median']:.1f}", f"{1e3 * r['products']['as_laid_out']:.1f}",
+         f"{1e3 * r['products']['faster_layout']:.1f}", f"{1e3 * r['reference']['median']:.1f}",
+         f"{r['reference']['median'] / r['products']['faster_layout']:.2f}x"]
+        for r in results["score_model"]
+    ]  # fmt: skip
+    header = ["N", "pass", "products", "GFLOP", "ours ms", "products alone ms", "(faster layout)", "reference ms"]
+    parts.append(_table(header + ["ceiling"], rows))
+    parts.append("products alone: our step's matrix products, each run alone (no other work), as laid out and each in "
+                 "its faster layout; ceiling = reference / faster layout, the most any code doing these products "
+                 "could gain")  # fmt: skip
     return "\n".join(parts)
 
 

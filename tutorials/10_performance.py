@@ -325,9 +325,17 @@ glue("score_train_speedup", training["speedup"], display=False)
 glue("score_sampler_speedup", sampling["speedup"], display=False)
 glue("score_peak_ratio", training["peak"]["ours"] / training["peak"]["reference"], display=False)
 glue("score_flop_fraction", training["flop_rate"] / results["matmul_rate"], display=False)
+for name, row in (("train", training), ("sampler", sampling)):
+    glue(f"score_{name}_products_ms", 1e3 * row["products"]["faster_layout"], display=False)
+    glue(f"score_{name}_ceiling", row["reference"]["median"] / row["products"]["faster_layout"], display=False)
 print(f"training step {training['speedup']:.2f}x, sampler step {sampling['speedup']:.2f}x, peak memory "
       f"{training['peak']['ours'] / training['peak']['reference']:.2f} of the reference's, matrix products at "
       f"{training['flop_rate'] / results['matmul_rate']:.0%} of torch.mm's rate")
+for name, row in (("training step", training), ("sampler step", sampling)):
+    products, reference_time = row["products"], row["reference"]["median"]
+    print(f"{name}: our {products['products']} matrix products alone {1e3 * products['as_laid_out']:.0f} ms as laid "
+          f"out, {1e3 * products['faster_layout']:.0f} ms each in its faster layout; the whole step "
+          f"{1e3 * row['ours']['median']:.0f} ms; ceiling {reference_time / products['faster_layout']:.2f}x")
 
 # %% [markdown]
 # The whole model gains less than its layers. On this run, on a chain of {glue:text}`score_n` residues, our
@@ -339,6 +347,16 @@ print(f"training step {training['speedup']:.2f}x, sampler step {sampling['speedu
 # that `fast_tp` speeds up are the smaller part there. The memory comes from what the checkpoints keep: the
 # score model passes each layer the edge scalars alone (`end_scalars`, chapter 8) and recomputes its edge
 # embedding during the backward pass, so that no (E, 3 ns) or (E, 354) tensor waits for the backward pass.
+#
+# How much more could a faster implementation gain? `bench.products_alone` gives a floor: it records every matrix
+# product a step runs (forward, backward and the checkpoints' recomputation) and times each alone, on random
+# operands of the same shapes, as laid out and in its faster layout (the result stored with the edges along its rows
+# or along its columns, which a matrix library does not run equally fast). Our training step's products took
+# {glue:text}`score_train_products_ms:.0f` ms that way, the sampler step's {glue:text}`score_sampler_products_ms:.0f`
+# ms. Any code that does these products, with every other operation free, could be at most
+# {glue:text}`score_train_ceiling:.1f` and {glue:text}`score_sampler_ceiling:.1f` times as fast as EigenFold's model:
+# the ceiling that the benchmark prints. The products are the model's arithmetic, the radial MLPs above all, and
+# they stay whatever the code: the numbers must be EigenFold's.
 #
 # On the run that built this page, {glue:text}`met_forward` of the {glue:text}`n_forward` forward cases reached the
 # forward target of 1.5 (the best speed-up was {glue:text}`best_forward:.2f`), and {glue:text}`met_step` of the
