@@ -655,8 +655,9 @@ def products_alone(fn: Callable[[], object], repeats: int = 3) -> dict:
     included). Each distinct product then runs alone on random operands of the same shapes, strides, dtype and
     device, without the bias of ``addmm``, in three ways: as laid out in ``fn``; ``C = A B`` with contiguous
     operands; and ``C^T = B^T A^T`` with contiguous operands (the same sums, the result stored transposed). A
-    matrix library's speed depends on the layout: on a CPU, a product with a long edge axis runs up to twice as
-    fast when the edges index the rows of the result rather than its columns.
+    matrix library's speed depends on the layout: on the book's 2-core CPU, a product with a long edge axis ran up
+    to 2.3 times as fast when the edges indexed the rows of the result rather than its columns. Timed alone, the
+    products take within about 15% of their time inside ``fn`` (either way): an estimate, not a bound.
 
     Args:
         fn: the work, a function of no arguments.
@@ -718,8 +719,9 @@ def bench_score_model(
         ``speedup_of_fastest``, ``output_difference``, ``gradient_difference`` and, for training, ``peak`` (bytes,
         per contender), ``flops`` (counted in our step: :func:`counted_flops`) and ``flop_rate`` (those operations
         per second of our median step); for both passes, ``products``: our step's matrix products timed alone
-        (:func:`products_alone`), a floor under our time, so that ``reference / products["faster_layout"]`` is
-        the most that any code doing our products could gain over the reference on this machine.
+        (:func:`products_alone`), an estimated floor under our time, so that ``reference /
+        products["faster_layout"]`` estimates the most that any code doing our products could gain over the
+        reference on this machine.
     """
     device = torch.device(device)
     reference, ours = default_score_models(device)
@@ -922,8 +924,8 @@ def format_report(results: dict) -> str:
     header = ["N", "pass", "products", "GFLOP", "ours ms", "products alone ms", "(faster layout)", "reference ms"]
     parts.append(_table(header + ["ceiling"], rows))
     parts.append("products alone: our step's matrix products, each run alone (no other work), as laid out and each in "
-                 "its faster layout; ceiling = reference / faster layout, the most any code doing these products "
-                 "could gain")  # fmt: skip
+                 "its faster layout; ceiling = reference / faster layout, about the most any code doing these "
+                 "products could gain")  # fmt: skip
     return "\n".join(parts)
 
 

@@ -353,9 +353,10 @@ for name, row in (("training step", training), ("sampler step", sampling)):
 # operands of the same shapes, as laid out and in its faster layout (the result stored with the edges along its rows
 # or along its columns, which a matrix library does not run equally fast). Our training step's products took
 # {glue:text}`score_train_products_ms:.0f` ms that way, the sampler step's {glue:text}`score_sampler_products_ms:.0f`
-# ms. Any code that does these products, with every other operation free, could be at most
+# ms. Any code that does these products, with every other operation free, could be at most about
 # {glue:text}`score_train_ceiling:.1f` and {glue:text}`score_sampler_ceiling:.1f` times as fast as EigenFold's model:
-# the ceiling that the benchmark prints. The products are the model's arithmetic, the radial MLPs above all, and
+# the ceiling that the benchmark prints (products timed alone take within about 15% of their time inside the step,
+# either way, so it is an estimate, not a bound). The products are the model's arithmetic, the radial MLPs above all, and
 # they stay whatever the code: the numbers must be EigenFold's.
 #
 # On the run that built this page, {glue:text}`met_forward` of the {glue:text}`n_forward` forward cases reached the
