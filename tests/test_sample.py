@@ -67,6 +67,12 @@ def test_test_writes_one_pdb_per_heldout_chain(checkpoint: Path, tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{c.name}.pdb" for c in short)
     for chain, path in zip(short, paths):
         assert load_chain(path).sequence == chain.sequence
+    # named chains: only their files, each the same as in the whole set (its noise follows its place in the set)
+    named = main(["--checkpoint", str(checkpoint), "--test", short[2].name, short[0].name, "--out",
+                  str(tmp_path / "named"), "--no-progress"])  # fmt: skip
+    assert sorted(p.name for p in named) == sorted(f"{c.name}.pdb" for c in (short[0], short[2]))
+    for path in named:
+        assert path.read_text() == (tmp_path / path.name).read_text()
 
 
 @pytest.mark.parametrize(
@@ -77,6 +83,7 @@ def test_test_writes_one_pdb_per_heldout_chain(checkpoint: Path, tmp_path: Path,
         (["--sequence", "MKTAY", "--ss", "HHCHH"], "letters ['C'] are not secondary structures"),
         (["--sequence", "M"], "at least 2 residues"),
         (["--test", "--ss", "HH"], "--ss goes with --sequence"),
+        (["--test", "3a4rA", "1abcZ"], "--test: expected names of held-out chains (1h4aX, 1pdoA, "),
         (["--test", "--alpha-window", "2", "1", "4"], "--alpha-window: an alpha window needs 0 <= t_low < t_high"),
     ],
 )

@@ -12,8 +12,9 @@ step), ``--alpha`` 0 and ``--beta`` 1, stopping at the training ``train_tmin`` (
 ``--inf-tmin`` and ``--no-noise-last-step`` change the end. ``--steps N`` instead chooses the step of the
 schedule so that the longest chain takes N reverse steps (shorter chains take fewer; :func:`inf_step_for`).
 
-Each chain draws its noise from its own generator seeded from ``--seed`` and its position in the list, so a
-chain's sample does not depend on which other chains are sampled with it. That is what lets the command run
+Each chain draws its noise from its own generator seeded from ``--seed`` and its position in the list (for
+``--test``, in the whole held-out set, so ``--test 3a4rA`` writes the same file as ``--test``), so a chain's sample
+does not depend on which other chains are sampled with it. That is what lets the command run
 under ``torchrun --nproc_per_node P``: each process samples its share of the chains (:func:`shares`: about the
 same work for each, longest chains first) and writes their files, and the files are the same as one process
 writes (no process group is needed; on several machines ``--out`` must be a shared folder).
@@ -31,6 +32,7 @@ Examples::
     python -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 --alpha-window 1 2 16 \\
         --alpha-window 2 inf 0 --out samples/   # the pretrained model, as its shipped samples
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --test --out samples/
+    python -m tpconv_lite.sample --test 3a4rA 2cviA --out samples/   # two held-out chains, as in the whole set
     torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --out samples/ --threads 1
     python -m tpconv_lite.sample --checkpoint runs/small/checkpoint.pt --sequence MKTAYIAKQR --ss=-HHHHHHHH- \\
         --name mine --out samples/
@@ -167,7 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=PRETRAINED,
                         help="checkpoint.pt of python -m tpconv_lite.train (default: the pretrained model)")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--test", action="store_true", help="one sample per held-out chain of the embedded dataset")
+    what.add_argument("--test", nargs="*", metavar="NAME", default=None,
+                      help="one sample per held-out chain of the embedded dataset (all of them, or the ones named)")
     what.add_argument("--sequence", help="one-letter sequence of the chain to sample")
     parser.add_argument("--ss", default=None,
                         help="its secondary structure, one of H, E, - per residue (--ss=-HH... if it starts with -)")
@@ -194,6 +197,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise-last-step", dest="inf_noise_last_step", action=argparse.BooleanOptionalAction,
                         default=defaults.inf_noise_last_step, help="add noise in the last step (EigenFold: yes)")
     args = parser.parse_args(argv)
+    if args.test:
+        test_names = [c.name for c in load_dataset("test")]
+        unknown = [name for name in args.test if name not in test_names]
+        if unknown:
+            parser.error(f"--test: expected names of held-out chains ({', '.join(test_names)}), got {unknown}")
     if args.ss is not None and args.sequence is None:
         parser.error("--ss goes with --sequence (--test uses each chain's own secondary structure)")
     if args.sequence is not None:
@@ -223,11 +231,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
     sampling = {name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None}
-    if args.test:
+    if args.test is not None:  # a chain's noise follows its place in the whole test set, named or not
         chains = load_dataset("test")
-        names, sequences, ss = [c.name for c in chains], [c.sequence for c in chains], [c.ss for c in chains]
+        places = [i for i, c in enumerate(chains) if not args.test or c.name in args.test]
+        names, sequences, ss = [chains[i].name for i in places], [chains[i].sequence for i in places], \
+            [chains[i].ss for i in places]
     else:
-        names, sequences, ss = [args.name], [args.sequence], [args.ss]
+        places, names, sequences, ss = [0], [args.name], [args.sequence], [args.ss]
     try:
         model, diffusion, checkpoint = load_model(args.checkpoint, args.device, **sampling)
         if args.steps is not None:  # the same model, with the schedule step that gives the longest chain N steps
@@ -245,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     samples = []
     if mine:
         samples = sample_chains(model, diffusion, [sequences[i] for i in mine], [ss[i] for i in mine],
-                                seed=args.seed, indices=mine, progress=not args.no_progress and rank == 0)  # fmt: skip
+                                seed=args.seed, indices=[places[i] for i in mine],
+                                progress=not args.no_progress and rank == 0)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, pos in zip(mine, samples):

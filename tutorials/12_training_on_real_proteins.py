@@ -329,13 +329,37 @@ print(f"beta = {b:g}: variance of the Langevin samples within 5% of 1 / beta: {a
 # ```
 #
 # Sampling the two shortest of them again here, with the same seed (each chain's noise depends on its index in the
-# test set, not on the batch it is sampled in), gives back the shipped files. A hook on the model keeps what it
-# sees at each step, to follow the helices:
+# test set, not on the batch it is sampled in), gives back the shipped files.
+#
+# One of the judges below is the untrained model: the same network with its initial weights. It samples the same
+# two chains with the same settings, with the command itself (`--test` followed by names samples only those
+# held-out chains). It runs in a second process, on the second core, while this one samples with the pretrained
+# model:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+test_chains = load_dataset("test")
+shortest = sorted(range(len(test_chains)), key=lambda i: len(test_chains[i]))[:2]
+torch.manual_seed(0)
+untrained = train.build_model(hyper["model"], torch.device("cpu")).eval()
+untrained_checkpoint = live.parent / "untrained.pt"  # the pretrained checkpoint with the initial weights instead
+train.save_checkpoint(untrained_checkpoint, {**checkpoint, "model": untrained.state_dict(), "step": 0})
+windows = [["--alpha-window", *map(str, window)] for window in PRETRAINED_SAMPLING["alpha_windows"]]
+untrained_command = [
+    sys.executable, "-m", "tpconv_lite.sample", "--checkpoint", str(untrained_checkpoint),
+    "--test", *(test_chains[i].name for i in shortest), "--out", str(live.parent / "untrained"),
+    "--alpha", str(PRETRAINED_SAMPLING["alpha"]), "--beta", str(PRETRAINED_SAMPLING["beta"]),
+    "--inf-step", str(PRETRAINED_SAMPLING["inf_step"]), *sum(windows, []), "--threads", "1", "--no-progress",
+]
+print("python", " ".join(untrained_command[1:]))
+untrained_run = subprocess.Popen(untrained_command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+# %% [markdown]
+# Meanwhile, the pretrained model samples the two chains here; a hook on the model keeps what it sees at each step,
+# to follow the helices:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-test_chains = load_dataset("test")
-shortest = sorted(range(len(test_chains)), key=lambda i: len(test_chains[i]))[:2]
 path = []  # at each reverse step: the batch's times and positions per residue, and each residue's chain
 hook = model.register_forward_pre_hook(lambda module, args: path.append(
     (args[0].resi.node_t.clone(), args[0].resi.pos.clone(), args[0].resi.batch.clone())))
@@ -390,18 +414,16 @@ glue("settled_high", max(settled.values()), display=False)
 # $t$ = {glue:text}`settled_low:.1f` and {glue:text}`settled_high:.1f`.
 #
 # Now the judges. For each held-out chain: its native structure, the pretrained model's sample, and a sample of the
-# harmonic prior of the same length (the diffusion at $t \to \infty$, no model). The untrained model, the same
-# network with its initial weights, samples the two shortest chains, beside the pretrained model's samples of the
-# same two.
+# harmonic prior of the same length (the diffusion at $t \to \infty$, no model). The untrained model's samples of the
+# two shortest chains, from the second process, stand beside the pretrained model's samples of the same two.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-torch.manual_seed(0)
-untrained = train.build_model(hyper["model"], torch.device("cpu")).eval()
-start = time.perf_counter()
-untrained_samples = train.sample_chains(untrained, diffusion, [test_chains[i].sequence for i in shortest],
-                                        [test_chains[i].ss for i in shortest], seed=0, indices=shortest)
-print(f"untrained model: 2 samples in {time.perf_counter() - start:.0f} s")
+_, messages = untrained_run.communicate()  # waits for the second process
+if untrained_run.returncode != 0:
+    raise RuntimeError(f"the untrained model's sampling exited with {untrained_run.returncode}:\n{messages[-3000:]}")
+untrained_samples = [load_chain(live.parent / "untrained" / f"{test_chains[i].name}.pdb").pos for i in shortest]
+print(f"untrained model: {messages.strip()}")
 glue("sample_seconds", round(sample_seconds), display=False)  # the pretrained model's two samples, above
 generator = torch.Generator().manual_seed(0)
 prior_samples = [diffusion.sde(len(c)).sample(1e9, generator=generator).float() for c in test_chains]
