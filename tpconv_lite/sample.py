@@ -234,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.test is not None:  # a chain's noise follows its place in the whole test set, named or not
         chains = load_dataset("test")
         places = [i for i, c in enumerate(chains) if not args.test or c.name in args.test]
-        names, sequences, ss = [chains[i].name for i in places], [chains[i].sequence for i in places], \
-            [chains[i].ss for i in places]
+        picked = [chains[i] for i in places]
+        names, sequences, ss = [c.name for c in picked], [c.sequence for c in picked], [c.ss for c in picked]
     else:
         places, names, sequences, ss = [0], [args.name], [args.sequence], [args.ss]
     try:
