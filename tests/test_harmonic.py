@@ -204,6 +204,47 @@ def test_train_rmsd_max_caps_the_training_rmsd():
         assert abs(sde.rmsd(d.t).item() / d.rmsd - 1) < 0.02
 
 
+def test_train_band_draws_its_share_of_noise_levels_within_the_band():
+    sde = PolymerSDE(N=40, a=A, b=0)
+    sde.make_schedule(Hf=2, step=0.5, tmin=0.01)
+    low, high = sde.rmsd(1.0).item(), sde.rmsd(5.0).item()
+    band = dict(train_band_tmin=1.0, train_band_tmax=5.0)
+    only_band = ForwardDiffusionKernel(HarmonicConfig(**band, train_band_weight=1.0))
+    g = torch.Generator().manual_seed(3)
+    draws = [only_band(torch.zeros(40, 3), sde, generator=g) for _ in range(400)]
+    for d in draws:
+        assert abs(d.rmsd - (low + d.step * (high - low))) < 1e-12  # uniform in RMSD across the band
+        assert 0.98 < d.t < 5.1
+    steps = torch.tensor([d.step for d in draws])
+    assert abs(steps.mean().item() - 0.5) < 0.05 and steps.min() < 0.05 and steps.max() > 0.95
+    # with weight 0.4, 40% of the draws come from the band on top of the uniform draws that fall there anyway
+    uniform_share = (high - low) / (sde.rmsd(sde.ts[-1]).item() - sde.rmsd(0.01).item())
+    mixed, g = ForwardDiffusionKernel(HarmonicConfig(**band, train_band_weight=0.4)), torch.Generator().manual_seed(4)
+    in_band = torch.tensor([low <= mixed(torch.zeros(40, 3), sde, generator=g).rmsd <= high for _ in range(1000)])
+    assert abs(in_band.double().mean().item() - (0.4 + 0.6 * uniform_share)) < 0.05
+
+
+def test_train_band_above_a_short_chains_range_is_cut_to_it():
+    sde = PolymerSDE(N=12, a=A, b=0)
+    sde.make_schedule(Hf=2, step=0.5, tmin=0.01)
+    kernel = ForwardDiffusionKernel(HarmonicConfig(train_band_tmin=1.0, train_band_tmax=1e6, train_band_weight=1.0))
+    g, rmsd_max = torch.Generator().manual_seed(5), sde.rmsd(sde.ts[-1]).item()
+    for _ in range(100):
+        d = kernel(torch.zeros(12, 3), sde, generator=g)
+        assert sde.rmsd(1.0).item() - 1e-12 <= d.rmsd <= rmsd_max + 1e-12 and d.t <= sde.ts[-1].item() * 1.001
+
+
+@pytest.mark.parametrize("band, match", [
+    (dict(train_band_weight=1.5), "train_band_weight"),
+    (dict(train_band_weight=0.5), "0 < train_band_tmin < train_band_tmax"),
+    (dict(train_band_tmin=5.0, train_band_tmax=1.0, train_band_weight=0.5), "0 < train_band_tmin < train_band_tmax"),
+    (dict(train_band_tmax=math.inf, train_band_weight=0.5), "finite"),
+])
+def test_bad_training_band_is_refused(band, match):
+    with pytest.raises(ValueError, match=match):
+        HarmonicConfig(**band)
+
+
 @pytest.mark.parametrize("field, value", [("train_skew", math.nan), ("train_skew", True),
                                           ("train_rmsd_max", -1.0), ("train_rmsd_max", math.inf)])  # fmt: skip
 def test_bad_skew_or_rmsd_cap_is_refused(field, value):

@@ -127,6 +127,11 @@ def test_noise_level_options_reach_the_diffusion() -> None:
     assert (kernel.skew, kernel.rmsd_max, kernel.tmin) == (-5.0, 3.0, 0.002)
     with pytest.raises(ValueError, match="train_rmsd_max"):
         diffusion("--train-rmsd-max", "-1")
+    assert diffusion()["train_band_weight"] == 0  # no band: EigenFold's draw
+    band = diffusion("--train-band-tmin", "1", "--train-band-tmax", "10", "--train-band-weight", "0.4")
+    assert train_module.build_diffusion(band, torch.device("cpu")).kernel.band == (1.0, 10.0, 0.4)
+    with pytest.raises(ValueError, match="train_band_tmin < train_band_tmax"):
+        diffusion("--train-band-weight", "0.4")
 
 def test_refusals(tmp_path: Path) -> None:
     out = tmp_path / "run"

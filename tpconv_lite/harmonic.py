@@ -30,11 +30,11 @@ number ``step`` uniform in [0, 1] picks an RMSD between ``rmsd(train_tmin)`` and
 divergence to the prior (:meth:`HarmonicSDE.KL_H`) has fallen to ``train_Hf``; the time ``t`` is read off the
 entropy schedule's table of ``(t, rmsd(t))`` by linear interpolation. So the noise levels are spread evenly in
 the size of the displacement they cause, not in ``t``, which spans orders of magnitude (``train_skew`` leans
-them towards small or large RMSDs, ``train_rmsd_max`` caps them, as in EigenFold). The target is the
-*adjusted* score ``adj=True``: the kernel's score plus ``J x_t``, i.e. the kernel's score minus the prior's
-score; it is zero where the chain is pure prior. ``score_norm(t, k, adj=True)`` is its root mean square per
-coordinate when ``x(0)`` is drawn from the prior; the model multiplies its output by it and the loss divides by
-it.
+them towards small or large RMSDs, ``train_rmsd_max`` caps them, as in EigenFold; ``train_band_*`` draws a
+band of them more often, item 11). The target is the *adjusted* score ``adj=True``: the kernel's score plus
+``J x_t``, i.e. the kernel's score minus the prior's score; it is zero where the chain is pure prior.
+``score_norm(t, k, adj=True)`` is its root mean square per coordinate when ``x(0)`` is drawn from the prior; the
+model multiplies its output by it and the loss divides by it.
 
 **Sampling** (:meth:`HarmonicDiffusion.reverse_sample`, EigenFold's ``reverse_sample``): start from the
 kernel at ``tmax`` on the first ``ks[0]`` modes, then for each step of the schedule: inject the modes that enter,
@@ -82,6 +82,9 @@ better; the variances ``eigens`` and the score norms differ by up to 1e-9, which
    ``u`` from the same generator (the same law as EigenFold's ``np.random.beta``, and reproducible).
 10. ``alpha_windows`` makes ``alpha`` depend on the time (:class:`HarmonicConfig`); EigenFold has one ``alpha``.
     Without windows, the default, the schedule and the reverse step are EigenFold's.
+11. ``train_band_tmin``, ``train_band_tmax`` and ``train_band_weight`` train a band of noise levels more often
+    (:class:`HarmonicConfig`); EigenFold has no such option. With ``train_band_weight = 0``, the default, the
+    kernel draws no extra number and its draws are EigenFold's.
 """
 
 from __future__ import annotations
@@ -564,6 +567,10 @@ class HarmonicConfig:
             uniform number that picks the RMSD is replaced by a Beta(1, 2) draw (``train_skew < 0``: more small
             RMSDs, the levels that shape local geometry) or a Beta(2, 1) draw (``> 0``); 0 keeps it uniform.
         train_rmsd_max: caps the largest training RMSD (Å) when positive (0: no cap).
+        train_band_tmin, train_band_tmax, train_band_weight: a band of noise levels trained more often (not in
+            EigenFold): with probability ``train_band_weight`` the RMSD is drawn uniformly between
+            ``rmsd(train_band_tmin)`` and ``rmsd(train_band_tmax)`` (kept within the chain's training range),
+            otherwise as above. Every level stays in training. 0 (the default): no band, EigenFold's draw.
         inf_type: ``"rate"`` (:class:`RateSchedule`) or ``"entropy"`` (:class:`EntropySchedule`) for sampling.
         inf_step: step of the sampling schedule, and of the entropy schedule that tabulates ``t(rmsd)``.
         alpha, beta: extra Langevin noise ``alpha`` and its drift weight ``beta`` in the reverse step. The extra
@@ -586,6 +593,9 @@ class HarmonicConfig:
     train_kmin: int = 5
     train_skew: float = 0.0
     train_rmsd_max: float = 0.0
+    train_band_tmin: float = 0.0
+    train_band_tmax: float = 0.0
+    train_band_weight: float = 0.0
     inf_type: str = "rate"
     inf_step: float = 0.5
     alpha: float = 0.0
@@ -607,6 +617,13 @@ class HarmonicConfig:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.train_rmsd_max < 0:
             raise ValueError(f"train_rmsd_max must be >= 0 (0: no cap), got {self.train_rmsd_max!r}")
+        band = (self.train_band_tmin, self.train_band_tmax, self.train_band_weight)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in band):
+            raise ValueError(f"train_band_tmin, train_band_tmax, train_band_weight must be finite numbers, got {band}")
+        if not 0 <= self.train_band_weight <= 1:
+            raise ValueError(f"train_band_weight must be in [0, 1] (0: no band), got {self.train_band_weight!r}")
+        if self.train_band_weight > 0 and not 0 < self.train_band_tmin < self.train_band_tmax:
+            raise ValueError(f"a training band needs 0 < train_band_tmin < train_band_tmax, got {band[:2]}")
         if isinstance(self.train_kmin, bool) or not isinstance(self.train_kmin, int) or self.train_kmin < 1:
             raise ValueError(f"train_kmin must be an integer >= 1, got {self.train_kmin!r}")
         if self.inf_type not in SCHEDULES:
@@ -675,6 +692,7 @@ class ForwardDiffusionKernel:
         self.Hf, self.tmin = config.train_Hf, config.train_tmin
         self.kmin, self.cutoff = config.train_kmin, config.train_cutoff
         self.skew, self.rmsd_max = config.train_skew, config.train_rmsd_max
+        self.band = (config.train_band_tmin, config.train_band_tmax, config.train_band_weight)
 
     def __call__(self, pos: Tensor, sde: HarmonicSDE, generator: torch.Generator | None = None) -> NoisedChain:
         """Noise one chain ``pos`` (n, 3) with ``sde`` (n points, ``make_schedule`` done)."""
@@ -690,6 +708,11 @@ class ForwardDiffusionKernel:
         if self.rmsd_max > 0:
             rmsd_max = min(rmsd_max, self.rmsd_max)
         rmsd_min = sde.rmsd(self.tmin).item()
+        band_tmin, band_tmax, band_weight = self.band
+        if band_weight > 0 and _rand(generator, sde.dtype) < band_weight:  # the band, within the training range
+            rmsd_max = min(rmsd_max, sde.rmsd(band_tmax).item())
+            rmsd_min = min(max(rmsd_min, sde.rmsd(band_tmin).item()), rmsd_max)
+            step = _rand(generator, sde.dtype)
         rmsd = rmsd_max * step + rmsd_min * (1 - step)
         t = _interp(rmsd, sde.rmsds, sde.ts)
         k = int((sde.D * t < self.cutoff).sum()) - 1

@@ -95,7 +95,7 @@ FEATURE_FIELDS = ("lm_node_dim", "lm_edge_dim")
 # The harmonic diffusion's training settings (HarmonicConfig, EigenFold's names and published values); the
 # sampling settings are options of python -m tpconv_lite.sample.
 DIFFUSION_FIELDS = ("sde_a", "sde_b", "train_Hf", "train_tmin", "train_cutoff", "train_kmin", "train_skew",
-                    "train_rmsd_max", "inf_step")
+                    "train_rmsd_max", "train_band_tmin", "train_band_tmax", "train_band_weight", "inf_step")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -369,7 +369,9 @@ draw_chains(noised, f"{chain.name} noised by the forward kernel")
 # EigenFold's options, off by default, change the draw: `train_skew` $= s \neq 0$ draws the position in the RMSD
 # range from a mixture of the uniform law and a Beta(2, 1) (for $s > 0$) or Beta(1, 2) (for $s < 0$, towards small
 # noise) with weight $1 - 2/(1 + e^{|s|})$, and `train_rmsd_max` caps the largest RMSD; chapter 12 trains with
-# `train_skew = -5`.
+# `train_skew = -5`. One option is ours, not EigenFold's, and also off by default: with probability
+# `train_band_weight` the RMSD is drawn uniformly across a band, from `rmsd(train_band_tmin)` to
+# `rmsd(train_band_tmax)`, so that those noise levels are trained more often while every level is still visited.
 # Two small helpers first: a uniform number from a generator, and numpy's `interp` for one point.
 
 # %%
@@ -413,6 +415,7 @@ class ForwardDiffusionKernel:
         self.Hf, self.tmin = config.train_Hf, config.train_tmin
         self.kmin, self.cutoff = config.train_kmin, config.train_cutoff
         self.skew, self.rmsd_max = config.train_skew, config.train_rmsd_max
+        self.band = (config.train_band_tmin, config.train_band_tmax, config.train_band_weight)
 
     def __call__(self, pos: Tensor, sde: HarmonicSDE, generator: torch.Generator | None = None) -> NoisedChain:
         """Noise one chain ``pos`` (n, 3) with ``sde`` (n points, ``make_schedule`` done)."""
@@ -428,6 +431,11 @@ class ForwardDiffusionKernel:
         if self.rmsd_max > 0:
             rmsd_max = min(rmsd_max, self.rmsd_max)
         rmsd_min = sde.rmsd(self.tmin).item()
+        band_tmin, band_tmax, band_weight = self.band
+        if band_weight > 0 and _rand(generator, sde.dtype) < band_weight:  # the band, within the training range
+            rmsd_max = min(rmsd_max, sde.rmsd(band_tmax).item())
+            rmsd_min = min(max(rmsd_min, sde.rmsd(band_tmin).item()), rmsd_max)
+            step = _rand(generator, sde.dtype)
         rmsd = rmsd_max * step + rmsd_min * (1 - step)
         t = _interp(rmsd, sde.rmsds, sde.ts)
         k = int((sde.D * t < self.cutoff).sum()) - 1
