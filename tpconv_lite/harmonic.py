@@ -611,19 +611,17 @@ class HarmonicConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not 0 <= self.sde_b < math.inf:
             raise ValueError(f"sde_b must be >= 0, got {self.sde_b!r}")
-        for name in ("train_skew", "train_rmsd_max"):
+        for name in ("train_skew", "train_rmsd_max", "train_band_tmin", "train_band_tmax", "train_band_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.train_rmsd_max < 0:
             raise ValueError(f"train_rmsd_max must be >= 0 (0: no cap), got {self.train_rmsd_max!r}")
-        band = (self.train_band_tmin, self.train_band_tmax, self.train_band_weight)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in band):
-            raise ValueError(f"train_band_tmin, train_band_tmax, train_band_weight must be finite numbers, got {band}")
         if not 0 <= self.train_band_weight <= 1:
             raise ValueError(f"train_band_weight must be in [0, 1] (0: no band), got {self.train_band_weight!r}")
         if self.train_band_weight > 0 and not 0 < self.train_band_tmin < self.train_band_tmax:
-            raise ValueError(f"a training band needs 0 < train_band_tmin < train_band_tmax, got {band[:2]}")
+            band = (self.train_band_tmin, self.train_band_tmax)
+            raise ValueError(f"a training band needs 0 < train_band_tmin < train_band_tmax, got {band}")
         if isinstance(self.train_kmin, bool) or not isinstance(self.train_kmin, int) or self.train_kmin < 1:
             raise ValueError(f"train_kmin must be an integer >= 1, got {self.train_kmin!r}")
         if self.inf_type not in SCHEDULES:
