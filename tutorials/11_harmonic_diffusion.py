@@ -368,10 +368,11 @@ draw_chains(noised, f"{chain.name} noised by the forward kernel")
 # reads the time off a table of the entropy schedule (next section) by linear interpolation. Two more of
 # EigenFold's options, off by default, change the draw: `train_skew` $= s \neq 0$ draws the position in the RMSD
 # range from a mixture of the uniform law and a Beta(2, 1) (for $s > 0$) or Beta(1, 2) (for $s < 0$, towards small
-# noise) with weight $1 - 2/(1 + e^{|s|})$, and `train_rmsd_max` caps the largest RMSD; chapter 12 trains with
-# `train_skew = -5`. One option is ours, not EigenFold's, and also off by default: with probability
-# `train_band_weight` the RMSD is drawn uniformly across a band, from `rmsd(train_band_tmin)` to
-# `rmsd(train_band_tmax)`, so that those noise levels are trained more often while every level is still visited.
+# noise) with weight $1 - 2/(1 + e^{|s|})$, and `train_rmsd_max` caps the largest RMSD. One option is ours, not
+# EigenFold's, and also off by default: with probability `train_band_weight` the RMSD is drawn uniformly across a
+# band, from `rmsd(train_band_tmin)` to `rmsd(train_band_tmax)`, so that those noise levels are trained more often
+# while every level is still visited. Chapter 12's pretrained model trains with `train_skew = -5` and a band from
+# $t$ = 0.002 to 10, drawn half of the time.
 # Two small helpers first: a uniform number from a generator, and numpy's `interp` for one point.
 
 # %%

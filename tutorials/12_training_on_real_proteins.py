@@ -174,9 +174,12 @@ glue("live_seconds", round(live_seconds), display=False)
 # times at small noise, where the local geometry is decided, and `--train-tmin 0.002` trains down to the time
 # where noised real chains still keep 99% of their CA–CA distances in range (chapter 11).
 #
-# The pretrained model that ships with the package is the same command with the whole chains, `--steps 20000`
-# and a learning-rate schedule; `tpconv_lite/assets/README.md` gives the command, and its log ships beside it
-# (`PRETRAINED_LOG`). Both runs, side by side:
+# The pretrained model that ships with the package is the same command with the whole chains, `--steps 20000`, a
+# learning-rate schedule and one more option: `--train-band-tmin 0.002 --train-band-tmax 10 --train-band-weight 0.5`
+# draws half of the noise levels uniformly in RMSD between $t$ = 0.002 and $t$ = 10 (chapter 11), the times at
+# which the local geometry and the hand of the helices are decided (below). `tpconv_lite/assets/README.md` gives the
+# command and what the band changed, and the log ships beside the model (`PRETRAINED_LOG`). Both runs, side by
+# side:
 
 # %%
 def running_mean(values: list[float], width: int) -> Tensor:
@@ -211,8 +214,8 @@ shipped_ratio = shipped_held[-1]["heldout_loss"] / shipped_held[-1]["heldout_bas
 piece_ends = [a["time"] for a, b in zip(shipped_log, shipped_log[1:]) if b["time"] < a["time"]]
 shipped_minutes = (sum(piece_ends) + shipped_log[-1]["time"]) / 60
 print(f"held-out loss / base loss at the end: this chapter's run {live_ratio:.2f}, the pretrained model "
-      f"{shipped_ratio:.2f} after {shipped_log[-1]['step']} steps ({shipped_minutes:.0f} min in "
-      f"{len(piece_ends) + 1} pieces)")
+      f"{shipped_ratio:.2f} after {shipped_log[-1]['step']} steps ({shipped_minutes:.0f} min, "
+      f"{len(piece_ends) + 1} piece(s))")
 glue("live_ratio", live_ratio, display=False)
 glue("shipped_ratio", shipped_ratio, display=False)
 glue("shipped_steps", shipped_log[-1]["step"], display=False)
@@ -222,8 +225,9 @@ glue("shipped_minutes", round(shipped_minutes), display=False)
 # On the held-out chains the loss of this chapter's run ends at {glue:text}`live_ratio:.2f` of the base loss after
 # {glue:text}`live_steps` steps ({glue:text}`live_seconds` s). The pretrained model reaches
 # {glue:text}`shipped_ratio:.2f` after {glue:text}`shipped_steps` steps ({glue:text}`shipped_minutes` minutes on
-# one CPU thread). The loss says how well the model predicts the score on average over noise levels; whether its
-# samples look like proteins is another question, and the rest of the chapter asks it.
+# two CPU threads), a ratio over other noise levels: its held-out loss draws them as its training did, band
+# included. The loss says how well the model predicts the score on average over noise levels; whether its samples
+# look like proteins is another question, and the rest of the chapter asks it.
 #
 # ## The pretrained model and its samples
 #
@@ -237,7 +241,8 @@ n_parameters = sum(p.numel() for p in model.parameters())
 print(f"step {checkpoint['step']}, preset {hyper['preset']!r}, {n_parameters} parameters, "
       f"{PRETRAINED.stat().st_size / 1e6:.2f} MB")
 print({k: hyper["model"][k] for k in ("resi_conv_layers", "resi_ns", "resi_nv", "resi_fc_dim", "parity")})
-print({k: hyper["diffusion"][k] for k in ("train_skew", "train_tmin")}, "sampling:", PRETRAINED_SAMPLING)
+print({k: v for k, v in hyper["diffusion"].items() if k in ("train_skew", "train_tmin") or "band" in k})
+print("sampling:", PRETRAINED_SAMPLING)
 glue("n_parameters", n_parameters, display=False)
 
 # %% [markdown]
@@ -318,10 +323,11 @@ print(f"beta = {b:g}: variance of the Langevin samples within 5% of 1 / beta: {a
 # then takes {glue:text}`steps_ratio:.1f` times as many steps as with EigenFold's defaults.
 #
 # The settings were chosen on the ten training chains whose lengths are closest to those of the held-out chains,
-# and fixed before the held-out chains were sampled with them; the README lists the comparison. On those chains,
-# with two seeds, the window cut the share of left-handed dihedrals from 5.6% (`alpha = 0.5` at all times) to 2.8%,
-# against 2.4% for their natives; the low temperature had already halved it before. The folder
-# `PRETRAINED_SAMPLES` holds one sample per held-out chain, written by
+# with the model shipped before this one (the same command without the band), and fixed before the held-out chains
+# were sampled with them; the README lists the comparison. On those chains, with two seeds, the window cut the
+# share of left-handed dihedrals from 5.6% (`alpha = 0.5` at all times) to 2.8%, against 2.4% for their natives;
+# the low temperature had already halved it before. The folder `PRETRAINED_SAMPLES` holds one sample per held-out
+# chain, written by
 #
 # ```bash
 # torchrun --standalone --nproc_per_node 2 -m tpconv_lite.sample --test --alpha 0.5 --beta 16 --inf-step 1.4 \
@@ -502,9 +508,9 @@ for name, key in (("natives", "native"), ("pretrained", "pre")):  # left-handed 
 # compact, with a median Rg/N^0.4 of {glue:text}`pre_rg:.2f` Å, and have {glue:text}`pre_clash_fraction:.2f`%
 # clashes. The goal it misses is handedness: {glue:text}`pre_left_handed:.1f`% of its dihedrals fall in the
 # left-handed window, against {glue:text}`native_left_handed:.1f`% of the natives' and
-# {glue:text}`prior_left_handed:.1f`% of the prior's. The excess is shared between helix residues
-# ({glue:text}`pre_left_helix:.1f`% of their dihedrals, natives {glue:text}`native_left_helix:.1f`%) and loops, the
-# residues that are neither helix nor strand ({glue:text}`pre_left_loop:.1f`%, natives
+# {glue:text}`prior_left_handed:.1f`% of the prior's. The helices are right ({glue:text}`pre_left_helix:.1f`% of
+# the dihedrals at helix residues are left-handed, natives {glue:text}`native_left_helix:.1f`%); the excess is in
+# the loops, the residues that are neither helix nor strand ({glue:text}`pre_left_loop:.1f`%, natives
 # {glue:text}`native_left_loop:.1f`%), where the secondary structure it is given says least about the shape.
 #
 # None of this is the native fold. The mean TM-score to the native is {glue:text}`pre_tm:.2f` (prior
@@ -606,9 +612,9 @@ glue("excess_pre_z", z, display=False)
 # Chain by chain, the pretrained model's samples have {glue:text}`excess_pre:.0f` ±
 # {glue:text}`excess_pre_se:.0f` percentage points more right-handed than left-handed dihedrals (mean and standard
 # error over the 10 held-out chains; natives {glue:text}`excess_native:.0f`), and the excess is positive in
-# {glue:text}`excess_pre_positive` of the 10 chains. On average the model prefers the right hand (the mean is
-# {glue:text}`excess_pre_z:.1f` standard errors above zero), but not in every chain: that is where its left-handed
-# share comes from.
+# {glue:text}`excess_pre_positive` of the 10 chains. The model prefers the right hand (the mean is
+# {glue:text}`excess_pre_z:.1f` standard errors above zero). Its left-handed dihedrals are in the loops (above),
+# not in chains or helices of the wrong hand.
 #
 # With `parity=False` no amount of training could do this. Such a model is equivariant under reflections too: the
 # score it predicts for the mirror image $-x$ is the mirror image of its score for $x$. The reverse diffusion then
@@ -665,7 +671,7 @@ print(f"untrained, parity=False: relative mirror error below 1e-5: {mirror_error
 #   connectivity and nothing of the local geometry, and the trained model must add it.
 # - A model with `parity=False` samples a chain and its mirror image equally often; only `parity=True` can prefer
 #   the hand of real proteins, and it must learn to.
-# - Local geometry is within reach of a small model trained for two hours on a CPU; folds are not: that takes
+# - Local geometry is within reach of a small model trained for an hour and a half on a CPU; folds are not: that takes
 #   EigenFold's language-model features, its data and its GPU time.
 #
 # ## Exercises
